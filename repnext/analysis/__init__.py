@@ -1,0 +1,1 @@
+"""Analysis of models: equivalence of fused forms, parameter and MAC counts."""

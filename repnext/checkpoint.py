@@ -1,0 +1,106 @@
+"""Checkpoint loading with strict, explained validation.
+
+Upstream releases are ``torch.save({'model': state_dict, ...})`` files; timm-trained ones use
+``state_dict`` (or ``state_dict_ema``). Every mismatch is reported by key with both shapes,
+because ``strict=False`` silently leaves layers at their random initialisation.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CheckpointError", "checkpoint_filter_fn", "load_checkpoint", "read_state_dict"]
+
+_WRAPPER_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def _unwrap(checkpoint: object, source: str) -> dict[str, Tensor]:
+    if isinstance(checkpoint, Mapping):
+        for key in _WRAPPER_KEYS:
+            if isinstance(checkpoint.get(key), Mapping):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, Tensor) for v in checkpoint.values()):
+        raise CheckpointError(
+            f"{source}: not a state dict (expected a mapping of tensors, optionally under one of {list(_WRAPPER_KEYS)})"
+        )
+    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a ``.pth``/``.pt``/``.pth.tar`` checkpoint file into a flat state dict (on CPU)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
+    return _unwrap(checkpoint, path)
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, object], model: nn.Module) -> dict[str, Tensor]:
+    """timm ``pretrained_filter_fn``: unwrap an upstream checkpoint and check it against ``model``.
+
+    Shape differences timm adapts itself are allowed: the input channels of the first conv and
+    the class count of the classifiers (from ``model.pretrained_cfg``). A headless model
+    (``num_classes=0``) drops the checkpoint's head. Anything else raises :class:`CheckpointError`.
+    """
+    state = _unwrap(state_dict, "checkpoint")
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    first_conv = f"{cfg.get('first_conv', '')}.weight"
+    classifiers = cfg.get("classifier", ())
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    adaptable_rows = {f"{name}.{kind}" for name in classifiers for kind in ("weight", "bias")}
+    expected = model.state_dict()
+    if getattr(model, "num_classes", None) == 0:
+        state = {k: v for k, v in state.items() if k in expected or not k.startswith("head.")}
+    check_state_dict(state, expected, allowed_dims={first_conv: 1, **dict.fromkeys(adaptable_rows, 0)})
+    return state
+
+
+def check_state_dict(
+    state: Mapping[str, Tensor],
+    expected: Mapping[str, Tensor],
+    allowed_dims: Mapping[str, int] | None = None,
+    source: str = "checkpoint",
+) -> None:
+    """Raise :class:`CheckpointError` at the first missing, unexpected or mis-shaped key.
+
+    ``allowed_dims`` maps a key to the one dimension whose size may differ.
+    """
+    allowed_dims = allowed_dims or {}
+    for key, value in expected.items():
+        if key not in state:
+            raise CheckpointError(f"{source}: missing key {key!r} (model expects shape {list(value.shape)})")
+        got, want = tuple(state[key].shape), tuple(value.shape)
+        if got != want:
+            dim = allowed_dims.get(key)
+            if dim is None or len(got) != len(want) or got[:dim] + got[dim + 1 :] != want[:dim] + want[dim + 1 :]:
+                raise CheckpointError(
+                    f"{source}: shape mismatch at {key!r}: checkpoint {list(got)}, "
+                    f"model {list(want)} (a checkpoint of another variant?)"
+                )
+    unexpected = [key for key in state if key not in expected]
+    if unexpected:
+        raise CheckpointError(
+            f"{source}: unexpected key {unexpected[0]!r} ({len(unexpected)} keys the model does not have)"
+        )
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load ``path`` into ``model`` strictly; errors name the file and the first bad key."""
+    state = read_state_dict(path)
+    check_state_dict(state, model.state_dict(), source=os.fspath(path))
+    model.load_state_dict(state, strict=True)
+    return model

@@ -1,0 +1,117 @@
+"""Layers shared by the RepNeXt and RecNeXt families (same parameter names as upstream)."""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import trunc_normal_
+from torch import Tensor, nn
+
+from ..reparam import conv_from_kernel, fuse_bn_linear, fuse_conv_bn
+
+
+class ConvNorm(nn.Sequential):
+    """Conv2d (no bias) followed by BatchNorm2d; ``fuse()`` folds them into one Conv2d."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bn_weight_init: float = 1.0,
+    ):
+        super().__init__()
+        self.add_module(
+            "conv", nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
+        )
+        self.add_module("norm", nn.BatchNorm2d(out_channels))
+        nn.init.constant_(self.norm.weight, bn_weight_init)
+        nn.init.zeros_(self.norm.bias)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        weight, bias = fuse_conv_bn(self.conv.weight, self.conv.bias, self.norm)
+        return conv_from_kernel(
+            weight, bias, stride=self.conv.stride, groups=self.conv.groups, padding=self.conv.padding
+        )
+
+
+class NormLinear(nn.Sequential):
+    """BatchNorm1d followed by Linear; ``fuse()`` folds them into one Linear."""
+
+    def __init__(self, in_features: int, out_features: int, std: float = 0.02):
+        super().__init__()
+        self.add_module("norm", nn.BatchNorm1d(in_features))
+        self.add_module("linear", nn.Linear(in_features, out_features))
+        trunc_normal_(self.linear.weight, std=std)
+        nn.init.zeros_(self.linear.bias)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Linear:
+        weight, bias = fuse_bn_linear(self.norm, self.linear.weight, self.linear.bias)
+        linear = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+        return linear
+
+
+class DistilledClassifier(nn.Module):
+    """Two NormLinear heads (class and distillation token); their mean at inference.
+
+    In training with ``distillation=True`` both logits are returned for the distillation loss.
+    ``fuse()`` averages the two fused heads into a single Linear.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, distillation: bool = False):
+        super().__init__()
+        self.num_classes = num_classes
+        self.distillation = distillation
+        self.head = NormLinear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_dist = NormLinear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        x_cls, x_dist = self.head(x), self.head_dist(x)
+        if self.training and self.distillation and not torch.jit.is_scripting():
+            return x_cls, x_dist
+        return (x_cls + x_dist) / 2
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        if self.num_classes == 0:
+            return nn.Identity()
+        head, head_dist = self.head.fuse(), self.head_dist.fuse()
+        head.weight.copy_((head.weight + head_dist.weight) / 2)
+        head.bias.copy_((head.bias + head_dist.bias) / 2)
+        return head
+
+
+def mlp(channels: int, hidden_channels: int, act_layer: type[nn.Module] = nn.GELU) -> nn.Sequential:
+    """Pointwise channel mixer: 1x1 ConvNorm, activation, 1x1 ConvNorm (indices 0, 1, 2)."""
+    return nn.Sequential(
+        ConvNorm(channels, hidden_channels),
+        act_layer(),
+        ConvNorm(hidden_channels, channels),
+    )
+
+
+class Stem(nn.Module):
+    """Two stride-2 3x3 ConvNorms with an activation between: ``[B, in_chans, H, W] -> [B, C, H/4, W/4]``.
+
+    Checks the input's channel count before any compute, so a wrong input fails with a clear message.
+    """
+
+    def __init__(self, in_chans: int, out_channels: int, act_layer: type[nn.Module] = nn.GELU):
+        super().__init__()
+        self.in_chans = in_chans
+        self.stem = nn.Sequential(
+            ConvNorm(in_chans, out_channels // 2, kernel_size=3, stride=2, padding=1),
+            act_layer(),
+            ConvNorm(out_channels // 2, out_channels, kernel_size=3, stride=2, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input of shape [B, {self.in_chans}, H, W], got {list(x.shape)}")
+        return self.stem(x)

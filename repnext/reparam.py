@@ -1,0 +1,293 @@
+"""Structural re-parameterization: one implementation shared by every model and the tutorial.
+
+The functions here are pure: they take kernels (``weight`` of shape ``[out, in / groups, kh, kw]``
+and an optional ``bias`` of shape ``[out]``) or BatchNorm modules and return new tensors, never
+modifying their inputs. Models call them from their ``fuse()`` methods, and
+:func:`reparameterize` walks a model and replaces every fusable module by its inference form.
+
+Convention: convolutions are cross-correlations with zero padding, as in ``torch.nn.Conv2d``,
+and a kernel of odd size ``k`` is applied with padding ``k // 2`` so that kernels of different
+sizes share one centre.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = [
+    "BorderBiasConv2d",
+    "bn_scale_shift",
+    "bn_to_conv",
+    "conv_from_kernel",
+    "dilate_kernel",
+    "dirac_kernel",
+    "fold_affine_after",
+    "fold_affine_before",
+    "fuse_bn_conv",
+    "fuse_bn_linear",
+    "fuse_conv_bn",
+    "merge_chunks",
+    "merge_copies",
+    "merge_parallel",
+    "merge_separable",
+    "pad_kernel",
+    "reparameterize",
+    "same_padding",
+]
+
+Bias = Tensor | None
+
+
+def same_padding(kernel_size: Sequence[int], dilation: Sequence[int] = (1, 1)) -> tuple[int, int]:
+    """Padding that keeps a stride-1 output the size of its input, derived from an odd kernel size."""
+    pads = []
+    for k, d in zip(kernel_size, dilation, strict=True):
+        extent = d * (k - 1) + 1
+        if extent % 2 == 0:
+            raise ValueError(f"kernel extent {extent} is even: it has no centre, so no 'same' padding")
+        pads.append(extent // 2)
+    return pads[0], pads[1]
+
+
+def bn_scale_shift(bn: _BatchNorm) -> tuple[Tensor, Tensor]:
+    """Per-channel ``scale`` and ``shift`` ([C] each) with ``bn(x) == scale * x + shift`` in eval mode."""
+    std = torch.sqrt(bn.running_var + bn.eps)
+    weight = bn.weight if bn.affine else torch.ones_like(std)
+    bias = bn.bias if bn.affine else torch.zeros_like(std)
+    scale = weight / std
+    return scale, bias - bn.running_mean * scale
+
+
+def fold_affine_after(weight: Tensor, bias: Bias, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+    """Fold a per-output-channel affine ``scale * y + shift`` applied after a conv or linear layer."""
+    view = (-1,) + (1,) * (weight.dim() - 1)
+    fused_bias = shift if bias is None else scale * bias + shift
+    return weight * scale.reshape(view), fused_bias
+
+
+def fold_affine_before(scale: Tensor, shift: Tensor, weight: Tensor, bias: Bias) -> tuple[Tensor, Tensor]:
+    """Fold a per-input-channel affine applied before a dense (groups=1) linear map or unpadded conv.
+
+    Exact for a Linear layer or a conv without padding; with zero padding the padded border
+    would see ``shift`` where the original saw zeros, so callers must not use it there.
+    """
+    view = (1, -1) + (1,) * (weight.dim() - 2)
+    fused_weight = weight * scale.reshape(view)
+    offset = (weight * shift.reshape(view)).flatten(1).sum(1)
+    return fused_weight, offset if bias is None else bias + offset
+
+
+def fuse_conv_bn(weight: Tensor, bias: Bias, bn: _BatchNorm) -> tuple[Tensor, Tensor]:
+    """Conv (or Linear) followed by BatchNorm -> one layer. ``weight``: [out, ...], ``bn``: out channels."""
+    return fold_affine_after(weight, bias, *bn_scale_shift(bn))
+
+
+def fuse_bn_conv(bn: _BatchNorm, weight: Tensor, bias: Bias) -> tuple[Tensor, Tensor]:
+    """BatchNorm followed by a dense unpadded conv (``[out, in, kh, kw]``) -> one conv."""
+    return fold_affine_before(*bn_scale_shift(bn), weight, bias)
+
+
+def fuse_bn_linear(bn: _BatchNorm, weight: Tensor, bias: Bias) -> tuple[Tensor, Tensor]:
+    """BatchNorm1d followed by Linear (``weight``: [out, in]) -> one Linear."""
+    return fold_affine_before(*bn_scale_shift(bn), weight, bias)
+
+
+def dirac_kernel(channels: int, kernel_size: int = 1, groups: int = 1, like: Tensor | None = None) -> Tensor:
+    """Identity as a conv kernel, ``[channels, channels // groups, k, k]``, one at each centre tap."""
+    in_per_group = channels // groups
+    kernel = torch.zeros(
+        channels,
+        in_per_group,
+        kernel_size,
+        kernel_size,
+        dtype=like.dtype if like is not None else None,
+        device=like.device if like is not None else None,
+    )
+    centre = kernel_size // 2
+    kernel[torch.arange(channels), torch.arange(channels) % in_per_group, centre, centre] = 1
+    return kernel
+
+
+def bn_to_conv(bn: _BatchNorm, kernel_size: int = 1) -> tuple[Tensor, Tensor]:
+    """A BatchNorm as a depthwise conv: weight ``[C, 1, k, k]`` (scaled dirac), bias ``[C]``."""
+    scale, shift = bn_scale_shift(bn)
+    kernel = dirac_kernel(scale.numel(), kernel_size, groups=scale.numel(), like=scale)
+    return kernel * scale.reshape(-1, 1, 1, 1), shift
+
+
+def pad_kernel(weight: Tensor, kernel_size: Sequence[int]) -> Tensor:
+    """Zero-pad ``weight`` [..., kh, kw] around its centre to ``kernel_size`` (same parity per axis)."""
+    (kh, kw), (th, tw) = weight.shape[-2:], tuple(kernel_size)
+    dh, dw = th - kh, tw - kw
+    if dh < 0 or dw < 0 or dh % 2 or dw % 2:
+        raise ValueError(f"cannot centre a {kh}x{kw} kernel in {th}x{tw}: sizes must grow by an even amount")
+    return F.pad(weight, [dw // 2, dw // 2, dh // 2, dh // 2])
+
+
+def dilate_kernel(weight: Tensor, dilation: Sequence[int]) -> Tensor:
+    """A dilated kernel as the dense kernel with zeros between taps: 2x2 at dilation 2 -> 3x3."""
+    dh, dw = dilation
+    kh, kw = weight.shape[-2:]
+    dense = weight.new_zeros(*weight.shape[:-2], dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    dense[..., ::dh, ::dw] = weight
+    return dense
+
+
+def _largest_size(weights: Sequence[Tensor]) -> tuple[int, int]:
+    return max(w.shape[-2] for w in weights), max(w.shape[-1] for w in weights)
+
+
+def merge_parallel(branches: Sequence[tuple[Tensor, Bias]]) -> tuple[Tensor, Bias]:
+    """Parallel convs on one input whose outputs are added -> one conv (kernels padded to the largest)."""
+    size = _largest_size([w for w, _ in branches])
+    weight = sum(pad_kernel(w, size) for w, _ in branches)
+    biases = [b for _, b in branches if b is not None]
+    return weight, (sum(biases) if biases else None)
+
+
+def merge_chunks(branches: Sequence[tuple[Tensor, Bias]]) -> tuple[Tensor, Bias]:
+    """Grouped convs on consecutive channel chunks, concatenated -> one grouped conv.
+
+    Each branch is a grouped conv over its own chunk (e.g. depthwise); stacking their kernels
+    along the output axis gives one conv over the whole input whose groups are the union.
+    Kernels are padded to the largest size; a missing bias counts as zero.
+    """
+    size = _largest_size([w for w, _ in branches])
+    weight = torch.cat([pad_kernel(w, size) for w, _ in branches])
+    if all(b is None for _, b in branches):
+        return weight, None
+    bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in branches])
+    return weight, bias
+
+
+def merge_copies(branches: Sequence[tuple[Tensor, Bias]]) -> tuple[Tensor, Bias]:
+    """Depthwise convs on one input, concatenated -> one grouped conv with ``len(branches)`` outputs per group.
+
+    A grouped conv orders outputs group by group, so the result's channel ``n * k + j`` is
+    branch ``j``'s channel ``k``; ``nn.ChannelShuffle(channels)`` restores the concatenated order.
+    """
+    size = _largest_size([w for w, _ in branches])
+    weight = torch.stack([pad_kernel(w, size) for w, _ in branches], dim=1).flatten(0, 1)
+    if all(b is None for _, b in branches):
+        return weight, None
+    bias = torch.stack([b if b is not None else w.new_zeros(w.shape[0]) for w, b in branches], dim=1).flatten()
+    return weight, bias
+
+
+def merge_separable(first: tuple[Tensor, Bias], second: tuple[Tensor, Bias]) -> tuple[Tensor, Bias, Bias]:
+    """A depthwise 1xk conv and a depthwise kx1 conv in series (either order) -> one kxk conv.
+
+    Returns ``(weight, bias, border_kernel)``. The kernel is the outer product of the two.
+    When the first conv has a bias, the second conv's zero padding sees that bias only inside the
+    image, so near the borders the bias of the composite is not constant: ``border_kernel``
+    (the second kernel times the first bias, or ``None`` when there is no first bias) lets
+    :class:`BorderBiasConv2d` add that exact correction.
+    """
+    (w1, b1), (w2, b2) = first, second
+    if w1.shape[1] != 1 or w2.shape[1] != 1:
+        raise ValueError("merge_separable expects depthwise kernels [C, 1, kh, kw]")
+    if not ((w1.shape[-2] == 1 and w2.shape[-1] == 1) or (w1.shape[-1] == 1 and w2.shape[-2] == 1)):
+        raise ValueError(f"kernels {tuple(w1.shape[-2:])} and {tuple(w2.shape[-2:])} are not a 1xk/kx1 pair")
+    weight = w1 * w2
+    if b1 is None:
+        return weight, b2, None
+    interior = b1 * w2.flatten(1).sum(1)
+    bias = interior if b2 is None else b2 + interior
+    return weight, bias, w2 * b1.reshape(-1, 1, 1, 1)
+
+
+class BorderBiasConv2d(nn.Conv2d):
+    """A stride-1 depthwise conv whose bias near the borders follows a zero-padded inner bias.
+
+    Produced by :func:`merge_separable` when the first conv of a separable pair has a bias: the
+    composite equals ``conv(x) + border(H, W)`` where ``border`` is zero away from the image
+    edges and depends only on the spatial size, never on the values of ``x``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, border_kernel: Tensor):
+        super().__init__(
+            channels,
+            channels,
+            kernel_size,
+            padding=kernel_size // 2,
+            groups=channels,
+            device=border_kernel.device,
+            dtype=border_kernel.dtype,
+        )
+        self.register_buffer("border_kernel", border_kernel.clone())
+        self.border_padding = same_padding(border_kernel.shape[-2:])
+
+    def forward(self, x: Tensor) -> Tensor:
+        ones = x.new_ones(1, self.in_channels, x.shape[-2], x.shape[-1])
+        inside = F.conv2d(ones, self.border_kernel, padding=self.border_padding, groups=self.in_channels)
+        border = inside - self.border_kernel.flatten(1).sum(1).reshape(1, -1, 1, 1)
+        return self._conv_forward(x, self.weight, self.bias) + border
+
+
+@torch.no_grad()
+def conv_from_kernel(
+    weight: Tensor,
+    bias: Bias,
+    stride: int | Sequence[int] = 1,
+    groups: int = 1,
+    padding: Sequence[int] | None = None,
+    border_kernel: Bias = None,
+) -> nn.Conv2d:
+    """A new ``nn.Conv2d`` holding ``weight`` [out, in / groups, kh, kw] and ``bias`` [out].
+
+    ``padding`` defaults to the centred padding derived from the kernel size; the module lives on
+    the device and dtype of ``weight``. A ``border_kernel`` from :func:`merge_separable` gives a
+    :class:`BorderBiasConv2d`.
+    """
+    out_channels, in_per_group, kh, kw = weight.shape
+    if border_kernel is not None:
+        conv: nn.Conv2d = BorderBiasConv2d(out_channels, kh, border_kernel)
+    else:
+        padding = same_padding((kh, kw)) if padding is None else tuple(padding)
+        conv = nn.Conv2d(
+            in_per_group * groups,
+            out_channels,
+            (kh, kw),
+            stride=stride,
+            padding=padding,
+            groups=groups,
+            bias=bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+    conv.weight.copy_(weight)
+    if bias is not None:
+        conv.bias.copy_(bias)
+    return conv
+
+
+@torch.no_grad()
+def reparameterize(model: nn.Module, inplace: bool = False, single_branch: bool = False) -> nn.Module:
+    """Return the inference form of ``model``: every module with ``fuse()`` replaced by its result.
+
+    Same walk as ``timm.utils.reparameterize_model`` (so both give the same model). With
+    ``single_branch=True`` every module with ``merge_branches()`` is then collapsed further into
+    its single-branch equivalent (e.g. RepNeXt's ChunkConv into one depthwise 11x11 conv).
+    Idempotent: a fused model has nothing left to fuse. Call on a model in ``eval()``
+    semantics: BatchNorm running statistics are folded in.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    _replace_children(model, "fuse")
+    if single_branch:
+        _replace_children(model, "merge_branches")
+    return model
+
+
+def _replace_children(module: nn.Module, method: str) -> None:
+    for name, child in module.named_children():
+        if hasattr(child, method):
+            child = getattr(child, method)()
+            setattr(module, name, child)
+        _replace_children(child, method)

@@ -1,0 +1,228 @@
+"""RepNeXt M0-M5: timm integration, exact re-parameterization, upstream-compatible checkpoints."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import repnext
+from repnext.analysis.equivalence import check_reparameterization, randomize_batchnorm
+from repnext.checkpoint import CheckpointError
+
+MODELS = [f"repnext_m{i}" for i in range(6)]
+# Fused parameter counts (M) as published in the paper and the upstream README.
+PUBLISHED_PARAMS_M = dict(zip(MODELS, [2.3, 4.8, 6.5, 7.8, 13.3, 21.7], strict=True))
+# Single-branch "E" forms published in the upstream README (StarNet-recipe table).
+PUBLISHED_SINGLE_BRANCH_PARAMS_M = {"repnext_m0": 2.5, "repnext_m2": 7.0}
+UPSTREAM = json.loads((Path(__file__).parents[1] / "data" / "upstream_state_dicts.json").read_text())
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_registry_lists_all_variants():
+    assert set(MODELS) <= set(repnext.list_models())
+    assert set(MODELS) <= set(timm.list_models("repnext_m*"))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_state_dict_names_and_shapes_match_upstream(name):
+    state = timm.create_model(name).state_dict()
+    text = "\n".join(f"{k} {list(v.shape)}" for k, v in state.items())
+    assert len(state) == UPSTREAM[name]["keys"]
+    assert hashlib.sha256(text.encode()).hexdigest() == UPSTREAM[name]["sha256"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("single_branch", [False, True], ids=["deploy", "single_branch"])
+def test_fused_equals_training_form(name, dtype, single_branch):
+    model = randomize_batchnorm(timm.create_model(name), seed=7).to(dtype).eval()
+    assert not torch.allclose(model.stem.stem[0].norm.running_var, torch.ones(1, dtype=dtype))
+    for size in [(224, 224), (160, 192)]:
+        inputs = torch.randn(2, 3, *size, dtype=dtype)
+        agreement = check_reparameterization(model, inputs, single_branch=single_branch)
+        assert agreement.max_rel <= TOLERANCE[dtype], (size, agreement)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fused_structure_and_published_params(name):
+    model = timm.create_model(name).eval()
+    fused = repnext.reparameterize(model)
+    allowed = (nn.Conv2d, nn.Linear, nn.GELU, nn.Identity, nn.Dropout, nn.Sequential, nn.ChannelShuffle)
+    leaves = {type(m) for m in fused.modules() if not list(m.children())}
+    assert all(issubclass(t, allowed) for t in leaves), leaves
+    assert not any(isinstance(m, _BatchNorm) for m in fused.modules())
+    assert round(n_params(fused) / 1e6, 1) == PUBLISHED_PARAMS_M[name]
+    assert n_params(fused) < n_params(model)
+    single = repnext.reparameterize(model, single_branch=True)
+    depthwise = {m.kernel_size for m in single.modules() if isinstance(m, nn.Conv2d) and m.groups > 1}
+    assert depthwise == {(11, 11), (7, 7)}
+    if name in PUBLISHED_SINGLE_BRANCH_PARAMS_M:
+        assert round(n_params(single) / 1e6, 1) == PUBLISHED_SINGLE_BRANCH_PARAMS_M[name]
+
+
+def test_reparameterize_is_idempotent_and_matches_timm():
+    model = randomize_batchnorm(timm.create_model("repnext_m0")).eval()
+    ours = repnext.reparameterize(model)
+    assert any(isinstance(m, _BatchNorm) for m in model.modules()), "inplace=False must not touch the source"
+    via_timm = timm.utils.reparameterize_model(model)
+    again = repnext.reparameterize(ours)
+    assert str(ours) == str(via_timm) == str(again)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(ours(x), via_timm(x)) and torch.equal(ours(x), again(x))
+
+
+@pytest.mark.parametrize("single_branch", [False, True])
+def test_fused_model_saves_as_torchscript_and_state_dict(tmp_path, single_branch):
+    model = randomize_batchnorm(timm.create_model("repnext_m0")).eval()
+    fused = repnext.reparameterize(model, single_branch=single_branch)
+    x = torch.randn(2, 3, 128, 96)
+    with torch.no_grad():
+        expected = fused(x)
+        torch.jit.save(torch.jit.script(fused), tmp_path / "fused.pt")
+        assert torch.allclose(torch.jit.load(tmp_path / "fused.pt")(x), expected, atol=1e-5)
+        torch.save(fused.state_dict(), tmp_path / "fused.pth")
+        skeleton = repnext.reparameterize(timm.create_model("repnext_m0").eval(), single_branch=single_branch)
+        skeleton.load_state_dict(torch.load(tmp_path / "fused.pth"), strict=True)
+        assert torch.equal(skeleton(x), expected)
+
+
+def test_fusion_keeps_device_and_dtype():
+    model = timm.create_model("repnext_m0").eval().to(torch.float64)
+    for single_branch in (False, True):
+        fused = repnext.reparameterize(model, single_branch=single_branch)
+        assert {p.dtype for p in fused.parameters()} == {torch.float64}
+        assert {b.dtype for b in fused.buffers()} <= {torch.float64}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_backward_reaches_every_parameter(name):
+    model = timm.create_model(name, num_classes=10).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    (out * torch.randn_like(out)).sum().backward()  # a plain sum is constant under the head's batch norm
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing[:5]
+
+
+def test_distillation_heads():
+    model = timm.create_model("repnext_m0", distillation=True, num_classes=5).train()
+    cls, dist = model(torch.randn(2, 3, 64, 64))
+    assert cls.shape == dist.shape == (2, 5)
+    model.eval()
+    with torch.no_grad():
+        x = torch.randn(2, 3, 64, 64)
+        features = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert torch.allclose(model(x), (model.head.head(features) + model.head.head_dist(features)) / 2)
+
+
+def test_features_only():
+    model = timm.create_model("repnext_m1", features_only=True, out_indices=(0, 1, 2, 3))
+    features = model(torch.randn(1, 3, 160, 192))
+    assert model.feature_info.channels() == [48, 96, 192, 384]
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    assert [tuple(f.shape[-2:]) for f in features] == [(40, 48), (20, 24), (10, 12), (5, 6)]
+    partial = timm.create_model("repnext_m0", features_only=True, out_indices=(2, 3))
+    assert partial.feature_info.channels() == [160, 320]
+
+
+def test_head_api():
+    model = timm.create_model("repnext_m0").eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert model.forward_features(x).shape == (2, 320, 2, 2)
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, 320)
+    model.reset_classifier(7)
+    assert model(x).shape == (2, 7) and model.get_classifier().num_classes == 7
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 320)
+    assert timm.create_model("repnext_m0", num_classes=0)(x).shape == (2, 320)
+
+
+def test_odd_input_sizes_are_supported():
+    model = randomize_batchnorm(timm.create_model("repnext_m0")).eval().double()
+    for size in [(97, 131), (33, 32)]:
+        agreement = check_reparameterization(model, torch.randn(1, 3, *size, dtype=torch.float64), single_branch=True)
+        assert agreement.max_rel <= 1e-9
+    assert model.forward_features(torch.randn(1, 3, 97, 131, dtype=torch.float64)).shape[-2:] == (4, 5)
+
+
+def test_pretrained_cfg():
+    model = timm.create_model("repnext_m3")
+    cfg = model.pretrained_cfg
+    assert cfg["url"] == "https://github.com/suous/RepNeXt/releases/download/v1.0/repnext_m3_distill_300e.pth"
+    data = timm.data.resolve_model_data_config(model)
+    assert data["input_size"] == (3, 224, 224) and data["crop_pct"] == 0.875
+    assert data["mean"] == timm.data.IMAGENET_DEFAULT_MEAN
+
+
+def _upstream_checkpoint(path, name="repnext_m1", **kwargs):
+    model = randomize_batchnorm(timm.create_model(name, **kwargs), seed=3)
+    torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 299}, path)
+    return model
+
+
+def test_upstream_checkpoint_loads_strictly(tmp_path):
+    path = tmp_path / "repnext_m1_distill_300e.pth"
+    source = _upstream_checkpoint(path).eval()
+    model = timm.create_model("repnext_m1", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x))
+    direct = repnext.load_checkpoint(timm.create_model("repnext_m1").eval(), path).state_dict()
+    assert all(torch.equal(value, direct[key]) for key, value in source.state_dict().items())
+    overlay = dict(file=str(path))
+    headless = timm.create_model("repnext_m1", pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
+    assert torch.equal(headless.stem.stem[0].conv.weight, source.stem.stem[0].conv.weight)
+    finetune = timm.create_model("repnext_m1", pretrained=True, num_classes=10, pretrained_cfg_overlay=overlay)
+    assert finetune.head.head.linear.out_features == 10
+
+
+def test_checkpoint_of_another_variant_is_refused(tmp_path):
+    path = tmp_path / "m1.pth"
+    _upstream_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"'stem.stem.0.conv.weight'.*\[24, 3, 3, 3\].*\[28, 3, 3, 3\]"):
+        timm.create_model("repnext_m2", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    with pytest.raises(CheckpointError, match=r"m1.pth: shape mismatch at 'stem.stem.0.conv.weight'"):
+        repnext.load_checkpoint(timm.create_model("repnext_m2"), path)
+    _upstream_checkpoint(path, name="repnext_m0")
+    with pytest.raises(CheckpointError, match=r"m1\.pth"):
+        repnext.load_checkpoint(timm.create_model("repnext_m1"), path)
+
+
+def test_truncated_state_dict_is_refused(tmp_path):
+    state = timm.create_model("repnext_m0").state_dict()
+    state.pop("head.head_dist.linear.bias")
+    torch.save({"model": state}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match=r"missing key 'head\.head_dist\.linear\.bias'"):
+        repnext.load_checkpoint(timm.create_model("repnext_m0"), tmp_path / "partial.pth")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_file_that_is_not_a_checkpoint(tmp_path, content):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"weights\.pth: not a PyTorch checkpoint"):
+        repnext.load_checkpoint(timm.create_model("repnext_m0"), path)
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        repnext.load_checkpoint(timm.create_model("repnext_m0"), tmp_path / "absent.pth")
+
+
+def test_wrong_input_channels_fail_before_compute():
+    model = timm.create_model("repnext_m0")
+    with pytest.raises(ValueError, match=r"expected input of shape \[B, 3, H, W\], got \[1, 1, 64, 64\]"):
+        model(torch.randn(1, 1, 64, 64))
+    assert timm.create_model("repnext_m0", in_chans=1).eval()(torch.randn(1, 1, 64, 64)).shape == (1, 1000)
+
+
+def test_unknown_model_lists_available():
+    with pytest.raises(ValueError, match=r"unknown model 'repnext_m9'; available: .*repnext_m0"):
+        repnext.create_model("repnext_m9")

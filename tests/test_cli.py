@@ -1,0 +1,39 @@
+import subprocess
+import sys
+
+import pytest
+
+from repnext.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "repnext", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_list_via_python_m():
+    result = run("list")
+    assert result.returncode == 0
+    assert "repnext_m0" in result.stdout.split()
+
+
+def test_verify_writes_table(tmp_path, capsys):
+    out = tmp_path / "check.csv"
+    main(["verify", "repnext_m0", "--resolution", "64", "--batch-size", "1", "-o", str(out)])
+    lines = out.read_text().splitlines()
+    assert lines[0] == "model,form,dtype,resolution,max_abs_err,max_rel_err,passed"
+    assert [line.split(",")[1] for line in lines[1:]] == ["deploy", "single_branch"]
+    assert all(line.endswith(",true") for line in lines[1:])
+    main(["verify", "--models", "repnext_m0", "--resolution", "40", "--format", "json"])
+    assert '"passed": true' in capsys.readouterr().out
+
+
+def test_verify_fails_when_tolerance_is_impossible(tmp_path):
+    with pytest.raises(SystemExit, match="differ by more than"):
+        main(["verify", "repnext_m0", "--resolution", "40", "--dtype", "float32", "--tolerance", "0"])
+
+
+def test_bad_arguments_exit_nonzero_with_reason():
+    result = run("verify", "repnext_m9")
+    assert result.returncode != 0 and "unknown model 'repnext_m9'; available:" in result.stderr
+    result = run("verify", "repnext_m0", "--resolution", "0")
+    assert result.returncode != 0 and "--resolution: must be a positive integer, got 0" in result.stderr
