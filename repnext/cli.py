@@ -6,9 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import torch
-
-from .registry import create_model, list_models
+from .registry import list_models
 from .tables import FORMATS, Table
 
 
@@ -41,38 +39,32 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    from .analysis.equivalence import check_reparameterization, randomize_batchnorm
+    from .analysis.equivalence import reparam_check
 
-    dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
-    rows = []
-    for name in _models(args.models + args.more_models):
-        torch.manual_seed(args.seed)
-        model = randomize_batchnorm(create_model(name), seed=args.seed).to(dtype).eval()
-        inputs = torch.randn(
-            args.batch_size, 3, args.resolution, args.resolution, generator=torch.Generator().manual_seed(args.seed)
-        ).to(dtype)
-        for single_branch in (False, True):
-            agreement = check_reparameterization(model, inputs, single_branch=single_branch)
-            rows.append(
-                dict(
-                    model=name,
-                    form="single_branch" if single_branch else "deploy",
-                    dtype=args.dtype,
-                    resolution=args.resolution,
-                    max_abs_err=agreement.max_abs,
-                    max_rel_err=agreement.max_rel,
-                    passed=agreement.max_rel <= args.tolerance,
-                )
-            )
-    table = Table(
-        ["model", "form", "dtype", "resolution", "max_abs_err", "max_rel_err", "passed"],
-        rows,
-        floats=dict(max_abs_err=".0e", max_rel_err=".0e"),
-        sort_by=("model", "form"),
-    )
+    dtypes = args.dtypes or ["float64", "float32"]
+    tolerances = dict.fromkeys(dtypes, args.tolerance) if args.tolerance is not None else None
+    resolutions = [(args.resolution, args.resolution)]
+    table = reparam_check(_models(args.models + args.more_models), resolutions, dtypes, tolerances,
+                          batch_size=args.batch_size, seed=args.seed)  # fmt: skip
     _emit(table, args.format, args.output)
-    if not all(row["passed"] for row in rows):
-        raise SystemExit(f"repnext verify: some fused models differ by more than {args.tolerance:g} (relative)")
+    if not all(row["passed"] for row in table.rows):
+        raise SystemExit("repnext verify: some fused models differ from their training form beyond tolerance")
+
+
+def cmd_stats(args: argparse.Namespace) -> None:
+    from .analysis.stats import model_stats
+
+    forms = tuple(args.forms or ["deploy"])
+    _emit(model_stats(_models(args.models), args.resolution, forms), args.format, args.output)
+
+
+def cmd_notebook(args: argparse.Namespace) -> None:
+    from .pipeline import StageError, load_section, run_notebook
+
+    try:
+        run_notebook(args.source, args.output, load_section(args.params, args.section))
+    except StageError as error:
+        raise SystemExit(f"repnext notebook: {error}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--models", nargs="+", dest="more_models", default=[], help="more variants (for DVC)")
     verify.add_argument("--resolution", type=_positive, default=224)
     verify.add_argument("--batch-size", type=_positive, default=2)
-    verify.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    verify.add_argument("--tolerance", type=float, default=1e-9, help="largest relative error that passes")
+    verify.add_argument("--dtype", dest="dtypes", action="append", choices=("float64", "float32"),
+                        help="repeatable (default: both)")  # fmt: skip
+    verify.add_argument("--tolerance", type=float, help="largest relative error that passes "
+                        "(default: 1e-9 for float64, 1e-4 for float32)")  # fmt: skip
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--format", choices=FORMATS, default="md")
     verify.add_argument(
@@ -96,6 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="write here instead of stdout; the suffix (.csv/.md/.tex/.json) picks the format",
     )
     verify.set_defaults(func=cmd_verify)
+
+    stats = sub.add_parser("stats", help="parameters and fvcore MACs (1 MAC = 1 fvcore flop), beside published")
+    stats.add_argument("models", nargs="*", help="variants (default: all)")
+    stats.add_argument("--resolution", type=_positive, default=224)
+    forms = stats.add_mutually_exclusive_group()
+    forms.add_argument("--fused", dest="forms", action="store_const", const=["deploy"], help="deploy form (default)")
+    forms.add_argument("--unfused", dest="forms", action="store_const", const=["train"], help="training form")
+    forms.add_argument("--form", dest="forms", action="append", choices=("train", "deploy", "single_branch"))
+    stats.add_argument("--format", choices=FORMATS, default="md")
+    stats.add_argument("-o", "--output", help="write here instead of stdout; the suffix picks the format")
+    stats.set_defaults(func=cmd_stats)
+
+    notebook = sub.add_parser("notebook", help="run a parameterized notebook with papermill (a pipeline stage)")
+    notebook.add_argument("source", help="source notebook, e.g. notebooks/model_stats.ipynb")
+    notebook.add_argument("output", help="executed copy, e.g. artifacts/notebooks/model_stats.ipynb")
+    notebook.add_argument("--params", default="params.yaml", help="YAML file holding the parameters")
+    notebook.add_argument("--section", required=True, help="dotted key of the parameters in --params")
+    notebook.set_defaults(func=cmd_notebook)
     return parser
 
 

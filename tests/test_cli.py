@@ -18,17 +18,20 @@ def test_list_via_python_m():
 
 def test_verify_writes_table(tmp_path, capsys):
     out = tmp_path / "check.csv"
-    main(["verify", "repnext_m0", "--resolution", "64", "--batch-size", "1", "-o", str(out)])
+    main(["verify", "repnext_m0", "--resolution", "64", "--batch-size", "1", "--dtype", "float64", "-o", str(out)])
     lines = out.read_text().splitlines()
-    assert lines[0] == "model,form,dtype,resolution,max_abs_err,max_rel_err,passed"
-    assert [line.split(",")[1] for line in lines[1:]] == ["deploy", "single_branch"]
+    assert lines[0] == "model,form,dtype,resolution,max_abs_err,max_rel_err,tolerance,passed"
+    assert [line.split(",")[1:4] for line in lines[1:]] == [
+        ["deploy", "float64", "64x64"],
+        ["single_branch", "float64", "64x64"],
+    ]
     assert all(line.endswith(",true") for line in lines[1:])
     main(["verify", "--models", "repnext_m0", "--resolution", "40", "--format", "json"])
     assert '"passed": true' in capsys.readouterr().out
 
 
 def test_verify_fails_when_tolerance_is_impossible(tmp_path):
-    with pytest.raises(SystemExit, match="differ by more than"):
+    with pytest.raises(SystemExit, match="beyond tolerance"):
         main(["verify", "repnext_m0", "--resolution", "40", "--dtype", "float32", "--tolerance", "0"])
 
 

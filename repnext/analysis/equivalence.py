@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..registry import create_model
 from ..reparam import reparameterize
+from ..tables import Table
+
+# Largest relative error a fused model may show, per dtype (the project's exactness standard).
+TOLERANCES = {"float64": 1e-9, "float32": 1e-4}
 
 
 @torch.no_grad()
@@ -53,3 +59,37 @@ def check_reparameterization(model: nn.Module, inputs: torch.Tensor, single_bran
     if leftover:
         raise AssertionError(f"BatchNorm left after fusion: {leftover[0]}")
     return compare_outputs(model(inputs), fused(inputs))
+
+
+def reparam_check(
+    names: list[str],
+    resolutions: list[tuple[int, int]] = ((224, 224),),
+    dtypes: list[str] = ("float64", "float32"),
+    tolerances: dict[str, float] | None = None,
+    batch_size: int = 2,
+    seed: int = 0,
+) -> Table:
+    """Fused vs training form for each variant, fused form, dtype and ``(H, W)`` input size.
+
+    Models get random BatchNorm statistics; inputs are ``[batch_size, 3, H, W]``.
+
+    Columns: ``model, form, dtype, resolution, max_abs_err, max_rel_err, tolerance, passed``.
+    """
+    tolerances = {**TOLERANCES, **(tolerances or {})}
+    rows = []
+    for name, dtype_name, (height, width) in itertools.product(names, dtypes, resolutions):
+        dtype = getattr(torch, dtype_name)
+        torch.manual_seed(seed)
+        model = randomize_batchnorm(create_model(name), seed=seed).to(dtype).eval()
+        generator = torch.Generator().manual_seed(seed)
+        inputs = torch.randn(batch_size, 3, height, width, generator=generator, dtype=torch.float64).to(dtype)
+        for form in ("deploy", "single_branch"):
+            agreement = check_reparameterization(model, inputs, single_branch=form == "single_branch")
+            rows.append(dict(
+                model=name, form=form, dtype=dtype_name, resolution=f"{height}x{width}",
+                max_abs_err=agreement.max_abs, max_rel_err=agreement.max_rel,
+                tolerance=tolerances[dtype_name], passed=agreement.max_rel <= tolerances[dtype_name],
+            ))  # fmt: skip
+    columns = ["model", "form", "dtype", "resolution", "max_abs_err", "max_rel_err", "tolerance", "passed"]
+    floats = dict(max_abs_err=".0e", max_rel_err=".0e", tolerance=".0e")
+    return Table(columns, rows, floats=floats, sort_by=("model", "form", "dtype", "resolution"))

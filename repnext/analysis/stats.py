@@ -1,0 +1,90 @@
+"""Parameter and MAC counts of the training and fused forms, beside the published numbers.
+
+MACs are counted with fvcore's ``FlopCountAnalysis``, the counter the papers used: fvcore
+counts one multiply-add as one "flop", so its total is a MAC count (``FlopCounterMode``
+counts two flops per multiply-add). fvcore deliberately skips element-wise ops (activations,
+additions, pooling means, channel shuffles); the ops it skipped are reported by name.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from importlib import resources
+
+import torch
+from torch import nn
+
+from ..registry import check_model_name, create_model, models_by_family
+from ..reparam import reparameterize
+from ..tables import Table
+
+FORMS = ("train", "deploy", "single_branch")
+COLUMNS = (
+    "model", "family", "form", "resolution", "params_train_m", "params_m", "macs_g",
+    "published_params_m", "published_macs_g", "uncounted_ops",
+)  # fmt: skip
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, resolution: int | tuple[int, int], in_chans: int = 3) -> tuple[int, list[str]]:
+    """fvcore MACs of ``model`` on one ``[1, in_chans, H, W]`` input, and the sorted names of uncounted ops."""
+    with warnings.catch_warnings():  # fvcore scripts a loss function at import, which torch now deprecates
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
+
+    height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
+    param = next(model.parameters())
+    inputs = torch.zeros(1, in_chans, height, width, dtype=param.dtype, device=param.device)
+    analysis = FlopCountAnalysis(model.eval(), inputs)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    total = analysis.total()
+    return total, sorted(analysis.unsupported_ops())
+
+
+def published_results() -> list[dict[str, str]]:
+    """Rows of the published-results CSV shipped with the package (each row names its source)."""
+    text = resources.files("repnext").joinpath("data", "published_results.csv").read_text(encoding="utf-8")
+    return list(csv.DictReader(text.splitlines()))
+
+
+def _published(rows: list[dict[str, str]], model: str, form: str, column: str) -> float | None:
+    for row in rows:
+        if row["model"] == model and row["form"] == form and row[column]:
+            return float(row[column])
+    return None
+
+
+def model_stats(names: list[str], resolution: int = 224, forms: tuple[str, ...] = ("deploy", "single_branch")) -> Table:
+    """One row per variant and form: parameters (M) of the training form and of ``form``, MACs (G) of ``form``.
+
+    ``form`` is ``train`` (no fusion), ``deploy`` (the papers' inference form) or ``single_branch``;
+    published values are joined from :func:`published_results` where the source reports that form.
+    """
+    if resolution <= 0:
+        raise ValueError(f"resolution must be a positive integer, got {resolution}")
+    unknown = [form for form in forms if form not in FORMS]
+    if unknown:
+        raise ValueError(f"unknown form {unknown[0]!r}; choose from {', '.join(FORMS)}")
+    families, published = models_by_family(), published_results()
+    rows = []
+    for name in names:
+        model = create_model(check_model_name(name)).eval()
+        params_train = count_parameters(model)
+        for form in forms:
+            fused = model if form == "train" else reparameterize(model, single_branch=form == "single_branch")
+            macs, uncounted = count_macs(fused, resolution)
+            rows.append(dict(
+                model=name, family=families[name], form=form, resolution=resolution,
+                params_train_m=params_train / 1e6, params_m=count_parameters(fused) / 1e6, macs_g=macs / 1e9,
+                published_params_m=_published(published, name, form, "params_m"),
+                published_macs_g=_published(published, name, form, "macs_g"),
+                uncounted_ops=" ".join(op.removeprefix("aten::") for op in uncounted),
+            ))  # fmt: skip
+    floats = dict(params_train_m=".3f", params_m=".3f", macs_g=".3f", published_params_m=".1f", published_macs_g=".1f")
+    return Table(list(COLUMNS), rows, floats=floats, sort_by=("family", "model", "form"))

@@ -1,0 +1,50 @@
+import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import repnext
+from repnext.analysis.stats import count_macs, model_stats, published_results
+from repnext.cli import main
+
+
+@pytest.mark.parametrize("single_branch", [False, True])
+def test_fvcore_macs_agree_with_flop_counter_mode(single_branch):
+    fused = repnext.reparameterize(timm.create_model("repnext_m1").eval(), single_branch=single_branch)
+    macs, uncounted = count_macs(fused, (224, 192))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fused(torch.zeros(1, 3, 224, 192))
+    assert macs * 2 == counter.get_total_flops()  # FlopCounterMode counts a multiply-add as two flops
+    assert "aten::gelu" in uncounted and not any("conv" in op for op in uncounted)
+
+
+def test_model_stats_reproduces_published_numbers():
+    table = model_stats(repnext.list_models(), 224, forms=("deploy", "single_branch"))
+    compared = [row for row in table.rows if row["published_params_m"] is not None]
+    assert {row["model"] for row in compared if row["form"] == "deploy"} == set(repnext.list_models())
+    for row in compared:
+        assert round(row["macs_g"], 1) == row["published_macs_g"], row
+        if row["form"] == "deploy":
+            assert round(row["params_m"], 1) == row["published_params_m"], row
+    header = table.render("csv").splitlines()[0].split(",")
+    required = ["model", "family", "resolution", "params_train_m", "params_m", "macs_g", "published_params_m"]
+    assert header[: len(required) + 1] == [*required[:2], "form", *required[2:]]
+
+
+def test_published_results_name_their_source():
+    rows = published_results()
+    assert rows and all(row["source"] and row["family"] and row["model"] for row in rows)
+    assert len({(row["model"], row["form"]) for row in rows}) == len(rows)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="resolution must be a positive integer, got 0"):
+        model_stats(["repnext_m0"], 0)
+    with pytest.raises(ValueError, match="unknown form 'fused'"):
+        model_stats(["repnext_m0"], 64, forms=("fused",))
+
+
+def test_stats_cli(capsys):
+    main(["stats", "repnext_m0", "--resolution", "64", "--unfused", "--format", "csv"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("repnext_m0,repnext,train,64,2.716,2.716,")

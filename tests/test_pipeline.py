@@ -1,0 +1,120 @@
+"""The DVC pipeline: every stage is a clean parameterized notebook, deterministic, and fails cleanly."""
+
+import filecmp
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from repnext.cli import main
+from repnext.pipeline import clean_notebook, load_section, run_notebook
+
+ROOT = Path(__file__).parents[1]
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+REDUCED = yaml.safe_load((ROOT / "tests" / "data" / "params_reduced.yaml").read_text())
+
+
+def notebook_args(stage: dict) -> tuple[str, str, str]:
+    argv = shlex.split(stage["cmd"])
+    assert argv[:2] == ["repnext", "notebook"], stage["cmd"]
+    return argv[2], argv[3], argv[argv.index("--section") + 1]
+
+
+def reduced_params(section: str) -> dict:
+    return {**load_section(ROOT / "params.yaml", section), **REDUCED[section]}
+
+
+def test_every_notebook_is_a_clean_stage():
+    sources = {notebook_args(stage)[0] for stage in STAGES.values()}
+    assert sources == {f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")}
+    for name, stage in STAGES.items():
+        source, output, section = notebook_args(stage)
+        assert output.startswith("artifacts/notebooks/") and section == name and stage["params"] == [name]
+        assert source in stage["deps"] and any(output in out for out in stage["outs"])
+        assert all(next(iter(out.values()))["cache"] is False for out in stage["outs"] if isinstance(out, dict))
+        nb = nbformat.read(ROOT / source, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{source}: needs exactly one cell tagged 'parameters'"
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+        assert name in REDUCED, f"tests/data/params_reduced.yaml has no reduced set for stage {name}"
+
+
+def _run_stage(name: str, workdir: Path, output: str) -> None:
+    source = ROOT / notebook_args(STAGES[name])[0]
+    run_notebook(source, workdir / output, reduced_params(name))
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_outputs_are_byte_identical_across_runs(name, tmp_path, monkeypatch):
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        monkeypatch.chdir(tmp_path / run)
+        _run_stage(name, tmp_path / run, "executed.ipynb")
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) >= 3
+    _, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", files, shallow=False)
+    assert not mismatch and not errors, mismatch + errors
+    executed = nbformat.read(tmp_path / "a" / "executed.ipynb", as_version=4)
+    assert set(executed.metadata["papermill"]) == {"parameters"}
+    assert all("execution" not in cell.metadata for cell in executed.cells)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (dict(models=["repnext_m0", "nope"]), "params.yaml: model_stats.models: unknown model 'nope'; available:"),
+        (dict(resolution=0), "params.yaml: model_stats.resolution: must be a positive integer, got 0"),
+        (dict(resolutoin=224), "parameter 'resolutoin' is not declared in the parameters cell"),
+    ],
+)
+def test_bad_parameters_fail_with_one_line_and_leave_nothing(override, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(dict(model_stats={**reduced_params("model_stats"), **override})))
+    with pytest.raises(SystemExit) as raised:
+        main(["notebook", str(ROOT / "notebooks" / "model_stats.ipynb"), "artifacts/notebooks/model_stats.ipynb",
+              "--params", str(params), "--section", "model_stats"])  # fmt: skip
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["params.yaml"]
+
+
+def test_failure_late_in_a_notebook_removes_its_earlier_outputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "figures").write_text("a file where the figure folder should be\n")
+    params = reduced_params("model_stats")
+    with pytest.raises(Exception, match=r"model_stats\.ipynb"):
+        run_notebook(ROOT / "notebooks" / "model_stats.ipynb", tmp_path / "out.ipynb", params)
+    assert not (tmp_path / "artifacts" / "tables").exists() or not any((tmp_path / "artifacts" / "tables").iterdir())
+    assert not (tmp_path / "out.ipynb").exists()
+
+
+def test_clean_notebook_strips_volatile_metadata():
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["papermill"] = dict(parameters={"a": 1}, start_time="t", duration=1.0, input_path="/x")
+    cell = nbformat.v4.new_code_cell("x = 1")
+    cell.metadata.update(execution={"iopub.status.busy": "t"}, papermill=dict(duration=1.0, status="completed"),
+                         tags=["injected-parameters"])  # fmt: skip
+    nb.cells.append(cell)
+    cleaned = clean_notebook(nb)
+    assert cleaned.metadata["papermill"] == {"parameters": {"a": 1}}
+    assert (
+        cleaned.cells[0].metadata == {"tags": ["injected-parameters"]} and cleaned.cells[0].id == "injected-parameters"
+    )
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs a git checkout")
+def test_committed_outputs_are_in_sync_with_dvc_lock():
+    if _git("status", "--porcelain", "--untracked-files=no"):
+        pytest.skip("working tree has uncommitted changes; dvc status is only meaningful on a clean checkout")
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout) == {}, status.stdout
