@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 
@@ -56,7 +57,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, object], model: nn.Module) -> 
     the class count of the classifiers (from ``model.pretrained_cfg``). A headless model
     (``num_classes=0``) drops the checkpoint's head. Anything else raises :class:`CheckpointError`.
     """
-    state = _unwrap(state_dict, "checkpoint")
+    state = _drop_ignored(_unwrap(state_dict, "checkpoint"), model)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     first_conv = f"{cfg.get('first_conv', '')}.weight"
     classifiers = cfg.get("classifier", ())
@@ -98,9 +99,15 @@ def check_state_dict(
         )
 
 
+def _drop_ignored(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Drop keys matching the model's ``ignored_checkpoint_keys`` regex (entries upstream saves but never uses)."""
+    pattern = getattr(model, "ignored_checkpoint_keys", None)
+    return {k: v for k, v in state.items() if not (pattern and re.search(pattern, k))}
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load ``path`` into ``model`` strictly; errors name the file and the first bad key."""
-    state = read_state_dict(path)
+    state = _drop_ignored(read_state_dict(path), model)
     check_state_dict(state, model.state_dict(), source=os.fspath(path))
     model.load_state_dict(state, strict=True)
     return model

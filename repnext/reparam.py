@@ -22,6 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = [
     "BorderBiasConv2d",
+    "absorb_activated_shortcut",
     "bn_scale_shift",
     "bn_to_conv",
     "conv_from_kernel",
@@ -29,6 +30,7 @@ __all__ = [
     "dirac_kernel",
     "fold_affine_after",
     "fold_affine_before",
+    "fold_output_affine",
     "fuse_bn_conv",
     "fuse_bn_linear",
     "fuse_conv_bn",
@@ -250,21 +252,56 @@ def conv_from_kernel(
         conv: nn.Conv2d = BorderBiasConv2d(out_channels, kh, border_kernel)
     else:
         padding = same_padding((kh, kw)) if padding is None else tuple(padding)
-        conv = nn.Conv2d(
-            in_per_group * groups,
-            out_channels,
-            (kh, kw),
-            stride=stride,
-            padding=padding,
-            groups=groups,
-            bias=bias is not None,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
+        # skip_init: the kernels are overwritten at once, and random init of large ones is slow
+        conv = torch.nn.utils.skip_init(
+            nn.Conv2d, in_per_group * groups, out_channels, (kh, kw), stride=stride, padding=padding,
+            groups=groups, bias=bias is not None, device=weight.device, dtype=weight.dtype,
+        )  # fmt: skip
     conv.weight.copy_(weight)
     if bias is not None:
         conv.bias.copy_(bias)
     return conv
+
+
+def absorb_activated_shortcut(
+    depthwise: tuple[Tensor, Bias], expand: tuple[Tensor, Bias], project: tuple[Tensor, Bias]
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Shortcut re-parameterization: ``act(x) + P(act(E(D(x))))`` -> ``P'(act(E'(D'(x))))``, no addition.
+
+    ``D`` is a depthwise conv ``[C, 1, k, k]``, ``E`` a 1x1 conv to ``H`` channels ``[H, C, 1, 1]``,
+    ``P`` a 1x1 conv back to ``C`` ``[C, H, 1, 1]``; ``act`` is the same elementwise activation in the
+    shortcut and in the MLP. ``D'`` carries ``x`` next to ``D(x)`` (dirac kernels interleaved, 2C
+    channels), ``E'`` passes ``x`` through unchanged ahead of ``E(D(x))`` (C + H channels), so the one
+    activation yields ``act(x)`` there, and ``P'`` adds it back with an identity block (``[C, C + H]``).
+    """
+    (dw_w, dw_b), (ex_w, ex_b), (pr_w, pr_b) = depthwise, expand, project
+    channels, hidden, k = dw_w.shape[0], ex_w.shape[0], dw_w.shape[-1]
+    identity = dirac_kernel(channels, k, groups=channels, like=dw_w)
+    dw_bias = dw_b if dw_b is not None else dw_w.new_zeros(channels)
+    new_dw = merge_copies([(identity, dw_w.new_zeros(channels)), (dw_w, dw_bias)])  # channel 2c: x_c, 2c + 1: D(x)_c
+    new_ex_w = ex_w.new_zeros(channels + hidden, 2 * channels, 1, 1)
+    new_ex_w[torch.arange(channels), 2 * torch.arange(channels)] = 1
+    new_ex_w[channels:, 1::2] = ex_w
+    new_ex_b = torch.cat([ex_w.new_zeros(channels), ex_b if ex_b is not None else ex_w.new_zeros(hidden)])
+    eye = dirac_kernel(channels, 1, like=pr_w)
+    new_pr_w = torch.cat([eye, pr_w], dim=1)
+    new_pr_b = pr_b if pr_b is not None else pr_w.new_zeros(channels)
+    return new_dw, (new_ex_w, new_ex_b), (new_pr_w, new_pr_b)
+
+
+@torch.no_grad()
+def fold_output_affine(module: nn.Module, scale: Tensor, shift: Tensor) -> nn.Module:
+    """Fold ``scale * module(x) + shift`` (e.g. a following BatchNorm) into ``module``.
+
+    A ``Conv2d`` gets new kernels (:func:`fold_affine_after`); any other module must provide
+    ``fold_output_affine(scale, shift)`` itself, e.g. a token mixer made of several convs.
+    """
+    if type(module) is nn.Conv2d:
+        weight, bias = fold_affine_after(module.weight, module.bias, scale, shift)
+        return conv_from_kernel(weight, bias, module.stride, module.groups, module.padding)
+    if hasattr(module, "fold_output_affine"):
+        return module.fold_output_affine(scale, shift)
+    raise TypeError(f"cannot fold a per-channel affine into {type(module).__name__}")
 
 
 @torch.no_grad()

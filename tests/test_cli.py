@@ -10,10 +10,12 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "repnext", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_list_via_python_m():
+def test_python_m_entry_point_and_bad_arguments():
     result = run("list")
     assert result.returncode == 0
-    assert "repnext_m0" in result.stdout.split()
+    assert {"repnext_m0", "recnext_a5", "repnext_u3_base"} <= set(result.stdout.split())
+    result = run("verify", "repnext_m9")
+    assert result.returncode != 0 and "unknown model 'repnext_m9'; available:" in result.stderr
 
 
 def test_verify_writes_table(tmp_path, capsys):
@@ -35,8 +37,8 @@ def test_verify_fails_when_tolerance_is_impossible(tmp_path):
         main(["verify", "repnext_m0", "--resolution", "40", "--dtype", "float32", "--tolerance", "0"])
 
 
-def test_bad_arguments_exit_nonzero_with_reason():
-    result = run("verify", "repnext_m9")
-    assert result.returncode != 0 and "unknown model 'repnext_m9'; available:" in result.stderr
-    result = run("verify", "repnext_m0", "--resolution", "0")
-    assert result.returncode != 0 and "--resolution: must be a positive integer, got 0" in result.stderr
+def test_bad_arguments_exit_nonzero_with_reason(capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["verify", "repnext_m0", "--resolution", "0"])
+    assert raised.value.code == 2
+    assert "--resolution: must be a positive integer, got 0" in capsys.readouterr().err

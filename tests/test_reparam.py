@@ -137,3 +137,26 @@ def test_fusion_keeps_dtype_and_leaves_source_untouched():
     before = conv.weight.clone()
     fused = reparam.conv_from_kernel(*reparam.fuse_conv_bn(conv.weight, conv.bias, norm))
     assert fused.weight.dtype == torch.float32 and torch.equal(conv.weight, before)
+
+
+def test_absorb_activated_shortcut():
+    channels, hidden = 3, 12
+    dw_conv, pw1, pw2, act = (
+        dw(channels, (5, 5)),
+        nn.Conv2d(channels, hidden, 1),
+        nn.Conv2d(hidden, channels, 1),
+        nn.GELU(),
+    )
+    x = torch.randn(2, channels, 9, 7)
+    expected = act(x) + pw2(act(pw1(dw_conv(x))))
+    new_dw, new_pw1, new_pw2 = reparam.absorb_activated_shortcut(
+        (dw_conv.weight, dw_conv.bias), (pw1.weight, pw1.bias), (pw2.weight, pw2.bias)
+    )
+    chain = nn.Sequential(
+        reparam.conv_from_kernel(*new_dw, groups=channels),
+        reparam.conv_from_kernel(*new_pw1),
+        act,
+        reparam.conv_from_kernel(*new_pw2),
+    )
+    assert close(chain(x), expected)
+    assert new_dw[0].shape == (2 * channels, 1, 5, 5) and new_pw1[0].shape == (channels + hidden, 2 * channels, 1, 1)

@@ -1,5 +1,8 @@
 """Parameter and MAC counts of the training and fused forms, beside the published numbers.
 
+``params_m`` counts the fully fused model; ``params_paper_m`` counts as the papers' scripts did
+(see :func:`standalone_batchnorm_parameters`), and that is the column to compare with the papers.
+
 MACs are counted with fvcore's ``FlopCountAnalysis``, the counter the papers used: fvcore
 counts one multiply-add as one "flop", so its total is a MAC count (``FlopCounterMode``
 counts two flops per multiply-add). fvcore deliberately skips element-wise ops (activations,
@@ -14,20 +17,37 @@ from importlib import resources
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..models.metanext import Downsample, MetaNeXtBlock
 from ..registry import check_model_name, create_model, models_by_family
 from ..reparam import reparameterize
 from ..tables import Table
 
 FORMS = ("train", "deploy", "single_branch")
 COLUMNS = (
-    "model", "family", "form", "resolution", "params_train_m", "params_m", "macs_g",
+    "model", "family", "form", "resolution", "params_train_m", "params_m", "params_paper_m", "macs_g",
     "published_params_m", "published_macs_g", "uncounted_ops",
 )  # fmt: skip
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def standalone_batchnorm_parameters(model: nn.Module) -> int:
+    """Affine parameters of the BatchNorms that upstream's ``replace_batchnorm`` leaves unfused.
+
+    The papers count parameters after upstream's fuse pass, which folds ConvNorm and NormLinear
+    but keeps the MetaNeXt ``norm`` layers (after a token mixer, in downsampling). Our fused form
+    folds those too, so the papers' count is ours plus these parameters.
+    """
+    return sum(
+        p.numel()
+        for module in model.modules() if isinstance(module, (MetaNeXtBlock, Downsample))
+        and isinstance(module.norm, _BatchNorm)
+        for p in module.norm.parameters()
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -63,6 +83,8 @@ def _published(rows: list[dict[str, str]], model: str, form: str, column: str) -
 def model_stats(names: list[str], resolution: int = 224, forms: tuple[str, ...] = ("deploy", "single_branch")) -> Table:
     """One row per variant and form: parameters (M) of the training form and of ``form``, MACs (G) of ``form``.
 
+    ``single_branch`` rows appear only for families that have such a form (RepNeXt).
+
     ``form`` is ``train`` (no fusion), ``deploy`` (the papers' inference form) or ``single_branch``;
     published values are joined from :func:`published_results` where the source reports that form.
     """
@@ -75,16 +97,25 @@ def model_stats(names: list[str], resolution: int = 224, forms: tuple[str, ...] 
     rows = []
     for name in names:
         model = create_model(check_model_name(name)).eval()
-        params_train = count_parameters(model)
-        for form in forms:
+        params_train, standalone = count_parameters(model), standalone_batchnorm_parameters(model)
+        has_single_branch = any(hasattr(m, "merge_branches") for m in model.modules())
+        for form in (f for f in forms if f != "single_branch" or has_single_branch):
             fused = model if form == "train" else reparameterize(model, single_branch=form == "single_branch")
             macs, uncounted = count_macs(fused, resolution)
             rows.append(dict(
                 model=name, family=families[name], form=form, resolution=resolution,
                 params_train_m=params_train / 1e6, params_m=count_parameters(fused) / 1e6, macs_g=macs / 1e9,
+                params_paper_m=(count_parameters(fused) + (standalone if form != "train" else 0)) / 1e6,
                 published_params_m=_published(published, name, form, "params_m"),
                 published_macs_g=_published(published, name, form, "macs_g"),
                 uncounted_ops=" ".join(op.removeprefix("aten::") for op in uncounted),
             ))  # fmt: skip
-    floats = dict(params_train_m=".3f", params_m=".3f", macs_g=".3f", published_params_m=".1f", published_macs_g=".1f")
+    floats = dict(
+        params_train_m=".3f",
+        params_m=".3f",
+        params_paper_m=".3f",
+        macs_g=".3f",
+        published_params_m=".1f",
+        published_macs_g=".1f",
+    )
     return Table(list(COLUMNS), rows, floats=floats, sort_by=("family", "model", "form"))

@@ -1,5 +1,8 @@
 """Model families; importing this package registers every variant with timm."""
 
+from .metanext import MetaNeXt
+from .recnext import RecNeXt, RecNeXtA
 from .repnext import RepNeXt
+from .repnext_u import RepNeXtU
 
-__all__ = ["RepNeXt"]
+__all__ = ["MetaNeXt", "RecNeXt", "RecNeXtA", "RepNeXt", "RepNeXtU"]

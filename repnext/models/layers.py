@@ -9,6 +9,16 @@ from torch import Tensor, nn
 from ..reparam import conv_from_kernel, fuse_bn_linear, fuse_conv_bn
 
 
+def check_input(x: Tensor, in_chans: int) -> Tensor:
+    """Fail before any compute when ``x`` is not ``[B, in_chans, H, W]`` (a leaf for torch.fx tracing)."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"expected input of shape [B, {in_chans}, H, W], got {list(x.shape)}")
+    return x
+
+
+torch.fx.wrap("check_input")
+
+
 class ConvNorm(nn.Sequential):
     """Conv2d (no bias) followed by BatchNorm2d; ``fuse()`` folds them into one Conv2d."""
 
@@ -51,7 +61,9 @@ class NormLinear(nn.Sequential):
     @torch.no_grad()
     def fuse(self) -> nn.Linear:
         weight, bias = fuse_bn_linear(self.norm, self.linear.weight, self.linear.bias)
-        linear = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+        linear = torch.nn.utils.skip_init(
+            nn.Linear, weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype
+        )
         linear.weight.copy_(weight)
         linear.bias.copy_(bias)
         return linear
@@ -112,6 +124,4 @@ class Stem(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input of shape [B, {self.in_chans}, H, W], got {list(x.shape)}")
-        return self.stem(x)
+        return self.stem(check_input(x, self.in_chans))

@@ -20,19 +20,17 @@ from torch import Tensor, nn
 
 from ..checkpoint import checkpoint_filter_fn
 from ..reparam import (
-    bn_scale_shift,
     conv_from_kernel,
     dilate_kernel,
     dirac_kernel,
-    fold_affine_after,
-    fuse_bn_conv,
+    fold_output_affine,
     merge_chunks,
     merge_copies,
     merge_parallel,
     merge_separable,
     reparameterize,
 )
-from .layers import DistilledClassifier, Stem, mlp
+from .metanext import MetaNeXt
 
 __all__ = ["RepNeXt"]
 
@@ -153,6 +151,13 @@ class CopyConv(nn.Module):
         return torch.cat((self.conv_s(x), self.conv_m(x)), dim=1)
 
     @torch.no_grad()
+    def fold_output_affine(self, scale: Tensor, shift: Tensor) -> CopyConv:
+        """Fold a per-channel affine of the 2C outputs (a following BatchNorm) into the two fused convs."""
+        for name, scale_half, shift_half in zip(("conv_s", "conv_m"), scale.chunk(2), shift.chunk(2), strict=True):
+            setattr(self, name, fold_output_affine(getattr(self, name), scale_half, shift_half))
+        return self
+
+    @torch.no_grad()
     def merge_branches(self) -> nn.Sequential:
         """One depthwise 7x7 stride-2 conv with two outputs per channel, then a shuffle to concat order."""
         reparameterize(self, inplace=True)
@@ -162,151 +167,11 @@ class CopyConv(nn.Module):
         return nn.Sequential(conv, nn.ChannelShuffle(channels))
 
 
-class MetaNeXtBlock(nn.Module):
-    """``x + mlp(bn(ChunkConv(x)))``; fusing folds the BatchNorm into the MLP's first 1x1 conv."""
+class RepNeXt(MetaNeXt):
+    """RepNeXt: MetaNeXt with ChunkConv token mixers and CopyConv downsampling."""
 
-    def __init__(self, channels: int, mlp_ratio: int, act_layer: type[nn.Module] = nn.GELU):
-        super().__init__()
-        self.token_mixer = ChunkConv(channels)
-        self.norm = nn.BatchNorm2d(channels)
-        self.channel_mixer = mlp(channels, channels * mlp_ratio, act_layer)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.channel_mixer(self.norm(self.token_mixer(x)))
-
-    @torch.no_grad()
-    def fuse(self) -> MetaNeXtBlock:
-        reparameterize(self, inplace=True)
-        if isinstance(self.norm, nn.BatchNorm2d):
-            pw = self.channel_mixer[0]
-            weight, bias = fuse_bn_conv(self.norm, pw.weight, pw.bias)
-            self.channel_mixer[0] = conv_from_kernel(weight, bias, groups=pw.groups, padding=pw.padding)
-            self.norm = nn.Identity()
-        return self
-
-
-class Downsample(nn.Module):
-    """``y = bn(CopyConv(x)); y + mlp(y)``: halves the resolution and doubles the channels."""
-
-    def __init__(self, channels: int, mlp_ratio: int, act_layer: type[nn.Module] = nn.GELU):
-        super().__init__()
-        self.token_mixer = CopyConv(channels)
-        self.norm = nn.BatchNorm2d(2 * channels)
-        self.channel_mixer = mlp(2 * channels, 2 * channels * mlp_ratio, act_layer)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(self.token_mixer(x))
-        return x + self.channel_mixer(x)
-
-    @torch.no_grad()
-    def fuse(self) -> Downsample:
-        reparameterize(self, inplace=True)
-        if isinstance(self.norm, nn.BatchNorm2d):
-            scale, shift = bn_scale_shift(self.norm)
-            halves = zip(("conv_s", "conv_m"), scale.chunk(2), shift.chunk(2), strict=True)
-            for name, scale_half, shift_half in halves:
-                conv = getattr(self.token_mixer, name)
-                weight, bias = fold_affine_after(conv.weight, conv.bias, scale_half, shift_half)
-                setattr(self.token_mixer, name, conv_from_kernel(weight, bias, conv.stride, conv.groups))
-            self.norm = nn.Identity()
-        return self
-
-
-class RepNeXtStage(nn.Module):
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        depth: int,
-        mlp_ratio: int,
-        act_layer: type[nn.Module] = nn.GELU,
-        downsample: bool = True,
-    ):
-        super().__init__()
-        self.downsample = Downsample(in_channels, mlp_ratio, act_layer) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[MetaNeXtBlock(out_channels, mlp_ratio, act_layer) for _ in range(depth)])
-        self.grad_checkpointing = False
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return torch.utils.checkpoint.checkpoint_sequential(self.blocks, len(self.blocks), x, use_reentrant=False)
-        return self.blocks(x)
-
-
-class RepNeXt(nn.Module):
-    """RepNeXt: stem (stride 4), four stages (stride 4, 8, 16, 32), global average pool, distilled classifier.
-
-    Input ``[B, in_chans, H, W]`` -> logits ``[B, num_classes]``.
-    """
-
-    def __init__(
-        self,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        embed_dim: tuple[int, ...] = (48, 96, 192, 384),
-        depth: tuple[int, ...] = (3, 3, 15, 2),
-        mlp_ratio: int = 2,
-        global_pool: str = "avg",
-        distillation: bool = False,
-        drop_rate: float = 0.0,
-        act_layer: type[nn.Module] = nn.GELU,
-    ):
-        super().__init__()
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.distillation = distillation
-        self.num_features = self.head_hidden_size = embed_dim[-1]
-        self.stem = Stem(in_chans, embed_dim[0], act_layer)
-        stages, self.feature_info = [], []
-        in_channels, stride = embed_dim[0], 4
-        for i, (channels, blocks) in enumerate(zip(embed_dim, depth, strict=True)):
-            stride *= 2 if i else 1
-            stages.append(RepNeXtStage(in_channels, channels, blocks, mlp_ratio, act_layer, downsample=i > 0))
-            self.feature_info.append(dict(num_chs=channels, reduction=stride, module=f"stages.{i}"))
-            in_channels = channels
-        self.stages = nn.Sequential(*stages)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = DistilledClassifier(self.num_features, num_classes, distillation)
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)"
-            if coarse
-            else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = DistilledClassifier(self.num_features, num_classes, self.distillation)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, in_chans, H, W] -> [B, embed_dim[-1], ceil(H / 32), ceil(W / 32)]``."""
-        return self.stages(self.stem(x))
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean((2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+    def __init__(self, **kwargs):
+        super().__init__(token_mixer=lambda channels, stage: ChunkConv(channels), downsample_mixer=CopyConv, **kwargs)
 
 
 # (embed dims, depths) per variant, as in the paper and upstream's model/repnext.py.
