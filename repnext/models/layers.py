@@ -19,6 +19,14 @@ def check_input(x: Tensor, in_chans: int) -> Tensor:
 torch.fx.wrap("check_input")
 
 
+def dwconv(channels: int, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1,
+           bias: bool = True, out_channels: int | None = None) -> nn.Conv2d:  # fmt: skip
+    """Depthwise conv with centred ("same") padding per axis; ``out_channels`` a multiple of ``channels``."""
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    return nn.Conv2d(channels, out_channels or channels, (kh, kw), stride, (kh // 2, kw // 2), groups=channels,
+                     bias=bias)  # fmt: skip
+
+
 class ConvNorm(nn.Sequential):
     """Conv2d (no bias) followed by BatchNorm2d; ``fuse()`` folds them into one Conv2d."""
 

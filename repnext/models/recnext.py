@@ -18,14 +18,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor, nn
 
 from ..checkpoint import checkpoint_filter_fn
-from .layers import ConvNorm
+from .layers import ConvNorm, dwconv
 from .metanext import MetaNeXt
 
 __all__ = ["RecAttn2d", "RecConv2d", "RecNeXt", "RecNeXtA"]
-
-
-def _dwconv(channels: int, kernel_size: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
-    return nn.Conv2d(channels, channels, kernel_size, stride, kernel_size // 2, groups=channels, bias=bias)
 
 
 class RecConv2d(nn.Module):
@@ -41,8 +37,8 @@ class RecConv2d(nn.Module):
             raise ValueError(f"RecConv2d needs level >= 1, got {level}")
         self.level = level
         self.mode = mode
-        self.down = _dwconv(channels, kernel_size, stride=2)
-        self.convs = nn.ModuleList([_dwconv(channels, kernel_size) for _ in range(level + 1)])
+        self.down = dwconv(channels, kernel_size, stride=2, bias=False)
+        self.convs = nn.ModuleList([dwconv(channels, kernel_size, bias=False) for _ in range(level + 1)])
 
     def forward(self, x: Tensor) -> Tensor:
         pyramid = [x]
@@ -125,7 +121,7 @@ class RecNeXtA(MetaNeXt):
 
 
 def _downsample_conv(channels: int) -> nn.Conv2d:
-    return nn.Conv2d(channels, 2 * channels, 7, stride=2, padding=3, groups=channels)
+    return dwconv(channels, 7, stride=2, out_channels=2 * channels)
 
 
 # (embed dims, depths, mlp ratio, drop path without distillation) per variant, as upstream.

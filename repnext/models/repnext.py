@@ -30,14 +30,10 @@ from ..reparam import (
     merge_separable,
     reparameterize,
 )
+from .layers import dwconv
 from .metanext import MetaNeXt
 
 __all__ = ["RepNeXt"]
-
-
-def _dwconv(channels: int, kernel_size: tuple[int, int], stride: tuple[int, int], bias: bool) -> nn.Conv2d:
-    padding = (kernel_size[0] // 2, kernel_size[1] // 2)
-    return nn.Conv2d(channels, channels, kernel_size, stride, padding, groups=channels, bias=bias)
 
 
 def _kernel(conv: nn.Conv2d) -> tuple[Tensor, Tensor | None]:
@@ -53,9 +49,9 @@ class RepDWConvS(nn.Module):
     def __init__(self, channels: int, stride: int = 1):
         super().__init__()
         self.stride = stride
-        self.conv_3_3 = _dwconv(channels, (3, 3), (stride, stride), bias=True)
-        self.conv_3_w = _dwconv(channels, (1, 3), (1, stride), bias=stride == 1)
-        self.conv_3_h = _dwconv(channels, (3, 1), (stride, 1), bias=stride == 1)
+        self.conv_3_3 = dwconv(channels, (3, 3), (stride, stride), bias=True)
+        self.conv_3_w = dwconv(channels, (1, 3), (1, stride), bias=stride == 1)
+        self.conv_3_h = dwconv(channels, (3, 1), (stride, 1), bias=stride == 1)
         self.conv_2_2 = nn.Conv2d(channels, channels, 2, stride, padding=1, dilation=2, groups=channels)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,13 +76,13 @@ class RepDWConvM(nn.Module):
 
     def __init__(self, channels: int, stride: int = 1):
         super().__init__()
-        self.conv_7_7 = _dwconv(channels, (7, 7), (stride, stride), bias=True)
-        self.conv_5_3 = _dwconv(channels, (5, 3), (stride, stride), bias=True)
-        self.conv_3_5 = _dwconv(channels, (3, 5), (stride, stride), bias=True)
-        self.conv_7_w = _dwconv(channels, (1, 7), (1, stride), bias=False)
-        self.conv_7_h = _dwconv(channels, (7, 1), (stride, 1), bias=False)
-        self.conv_5_w = _dwconv(channels, (1, 5), (1, stride), bias=False)
-        self.conv_5_h = _dwconv(channels, (5, 1), (stride, 1), bias=False)
+        self.conv_7_7 = dwconv(channels, (7, 7), (stride, stride), bias=True)
+        self.conv_5_3 = dwconv(channels, (5, 3), (stride, stride), bias=True)
+        self.conv_3_5 = dwconv(channels, (3, 5), (stride, stride), bias=True)
+        self.conv_7_w = dwconv(channels, (1, 7), (1, stride), bias=False)
+        self.conv_7_h = dwconv(channels, (7, 1), (stride, 1), bias=False)
+        self.conv_5_w = dwconv(channels, (1, 5), (1, stride), bias=False)
+        self.conv_5_h = dwconv(channels, (5, 1), (stride, 1), bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return (
@@ -118,7 +114,7 @@ class ChunkConv(nn.Module):
         self.conv_s = RepDWConvS(chunk)
         self.conv_m = RepDWConvM(chunk)
         self.conv_l = nn.Sequential(
-            _dwconv(chunk, (1, 11), (1, 1), bias=True), _dwconv(chunk, (11, 1), (1, 1), bias=True)
+            dwconv(chunk, (1, 11), (1, 1), bias=True), dwconv(chunk, (11, 1), (1, 1), bias=True)
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -26,16 +26,11 @@ from ..reparam import (
     merge_chunks,
     merge_parallel,
 )
-from .layers import check_input
+from .layers import check_input, dwconv
 
 __all__ = ["RepNeXtU"]
 
 torch.fx.wrap("check_input")  # a leaf for torch.fx in this module too (wrap patches the caller's globals)
-
-
-def _dwconv(channels: int, kernel_size: tuple[int, int]) -> nn.Conv2d:
-    padding = (kernel_size[0] // 2, kernel_size[1] // 2)
-    return nn.Conv2d(channels, channels, kernel_size, padding=padding, groups=channels, bias=False)
 
 
 class ParallelRepUnit(nn.Module):
@@ -45,7 +40,7 @@ class ParallelRepUnit(nn.Module):
         super().__init__()
         self.n_branches = len(kernel_sizes)
         for i, kernel_size in enumerate(kernel_sizes, start=1):
-            self.add_module(f"dwconv{i}", _dwconv(channels, kernel_size))
+            self.add_module(f"dwconv{i}", dwconv(channels, kernel_size, bias=False))
             self.add_module(f"norm{i}", nn.BatchNorm2d(channels, eps=1e-6))
 
     def branches(self) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
@@ -69,7 +64,7 @@ class ChunkRepUnit(nn.Module):
             raise ValueError(f"{channels} channels do not split into {len(kernel_sizes)} chunks")
         self.n_branches = len(kernel_sizes)
         for i, kernel_size in enumerate(kernel_sizes, start=1):
-            self.add_module(f"dwconv{i}", _dwconv(channels // len(kernel_sizes), kernel_size))
+            self.add_module(f"dwconv{i}", dwconv(channels // len(kernel_sizes), kernel_size, bias=False))
         self.norm = nn.BatchNorm2d(channels, eps=1e-6)
 
     def convs(self) -> list[nn.Conv2d]:

@@ -30,7 +30,7 @@ def test_model_stats_reproduces_published_numbers():
         assert row["published_params_m"] in (round(row["params_paper_m"], 1), round(row["params_m"], 1)), row
     header = table.render("csv").splitlines()[0].split(",")
     required = ["model", "family", "resolution", "params_train_m", "params_m", "macs_g", "published_params_m"]
-    assert header[: len(required) + 1] == [*required[:2], "form", *required[2:]]
+    assert [column for column in header if column in required] == required
 
 
 def test_published_results_name_their_source():
