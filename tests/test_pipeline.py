@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from repnext.cli import main
-from repnext.pipeline import clean_notebook, load_section, run_notebook
+from repnext.pipeline import check_models, check_positive, clean_notebook, load_section, run_notebook
 
 ROOT = Path(__file__).parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -68,7 +68,6 @@ def test_stage_outputs_are_byte_identical_across_runs(name, tmp_path, monkeypatc
     ("override", "message"),
     [
         (dict(models=["repnext_m0", "nope"]), "params.yaml: model_stats.models: unknown model 'nope'; available:"),
-        (dict(resolution=0), "params.yaml: model_stats.resolution: must be a positive integer, got 0"),
         (dict(resolutoin=224), "parameter 'resolutoin' is not declared in the parameters cell"),
     ],
 )
@@ -81,6 +80,13 @@ def test_bad_parameters_fail_with_one_line_and_leave_nothing(override, message, 
               "--params", str(params), "--section", "model_stats"])  # fmt: skip
     assert message in str(raised.value) and "\n" not in str(raised.value)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["params.yaml"]
+
+
+def test_parameter_checks_name_the_parameter():
+    with pytest.raises(ValueError, match=r"^params.yaml: model_stats.resolution: must be a positive integer, got 0$"):
+        check_positive(0, "params.yaml: model_stats.resolution")
+    with pytest.raises(ValueError, match="expected a non-empty list of model names"):
+        check_models("repnext_m0", "params.yaml: model_stats.models")
 
 
 def test_failure_late_in_a_notebook_removes_its_earlier_outputs(tmp_path, monkeypatch):
