@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .registry import list_models
+from .registry import check_model_name, list_models
 from .tables import FORMATS, Table
 
 
@@ -18,11 +18,11 @@ def _positive(text: str) -> int:
 
 
 def _models(names: Sequence[str]) -> list[str]:
-    available = list_models()
-    for name in names:
-        if name not in available:
-            raise SystemExit(f"repnext: unknown model {name!r}; available: {', '.join(available)}")
-    return list(names) or available
+    """The named variants (all when none is named); an unknown name exits with the available ones."""
+    try:
+        return [check_model_name(name, "repnext") for name in names] or list_models()
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def _emit(table: Table, fmt: str, output: str | None) -> None:
