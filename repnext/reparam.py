@@ -34,6 +34,7 @@ __all__ = [
     "fuse_bn_conv",
     "fuse_bn_linear",
     "fuse_conv_bn",
+    "has_single_branch_form",
     "merge_chunks",
     "merge_copies",
     "merge_parallel",
@@ -302,6 +303,11 @@ def fold_output_affine(module: nn.Module, scale: Tensor, shift: Tensor) -> nn.Mo
     if hasattr(module, "fold_output_affine"):
         return module.fold_output_affine(scale, shift)
     raise TypeError(f"cannot fold a per-channel affine into {type(module).__name__}")
+
+
+def has_single_branch_form(model: nn.Module) -> bool:
+    """Whether ``reparameterize(model, single_branch=True)`` differs from the default (some ``merge_branches()``)."""
+    return any(hasattr(module, "merge_branches") for module in model.modules())
 
 
 @torch.no_grad()

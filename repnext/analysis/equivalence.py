@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..registry import create_model
-from ..reparam import reparameterize
+from ..reparam import has_single_branch_form, reparameterize
 from ..tables import Table
 
 # Largest relative error a fused model may show, per dtype (the project's exactness standard).
@@ -87,8 +87,7 @@ def reparam_check(
         dtype = getattr(torch, dtype_name)
         torch.manual_seed(seed)
         model = randomize_batchnorm(create_model(name), seed=seed).to(dtype).eval()
-        has_single_branch = any(hasattr(m, "merge_branches") for m in model.modules())
-        for form in ("deploy", "single_branch") if has_single_branch else ("deploy",):
+        for form in ("deploy", "single_branch") if has_single_branch_form(model) else ("deploy",):
             fused = fuse_without_batchnorm(model, single_branch=form == "single_branch")
             for height, width in resolutions:
                 generator = torch.Generator().manual_seed(seed)

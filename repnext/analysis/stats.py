@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.metanext import Downsample, MetaNeXtBlock
 from ..registry import check_model_name, create_model, models_by_family
-from ..reparam import reparameterize
+from ..reparam import has_single_branch_form, reparameterize
 from ..tables import Table
 
 FORMS = ("train", "deploy", "single_branch")
@@ -98,14 +98,14 @@ def model_stats(names: list[str], resolution: int = 224, forms: tuple[str, ...] 
     for name in names:
         model = create_model(check_model_name(name)).eval()
         params_train, standalone = count_parameters(model), standalone_batchnorm_parameters(model)
-        has_single_branch = any(hasattr(m, "merge_branches") for m in model.modules())
-        for form in (f for f in forms if f != "single_branch" or has_single_branch):
+        for form in (f for f in forms if f != "single_branch" or has_single_branch_form(model)):
             fused = model if form == "train" else reparameterize(model, single_branch=form == "single_branch")
             macs, uncounted = count_macs(fused, resolution)
+            params = count_parameters(fused)
             rows.append(dict(
                 model=name, family=families[name], form=form, resolution=resolution,
-                params_train_m=params_train / 1e6, params_m=count_parameters(fused) / 1e6, macs_g=macs / 1e9,
-                params_paper_m=(count_parameters(fused) + (standalone if form != "train" else 0)) / 1e6,
+                params_train_m=params_train / 1e6, params_m=params / 1e6, macs_g=macs / 1e9,
+                params_paper_m=(params + (standalone if form != "train" else 0)) / 1e6,
                 published_params_m=_published(published, name, form, "params_m"),
                 published_macs_g=_published(published, name, form, "macs_g"),
                 uncounted_ops=" ".join(op.removeprefix("aten::") for op in uncounted),

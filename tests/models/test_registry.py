@@ -45,7 +45,7 @@ def test_state_dict_names_and_shapes_match_upstream(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_fusion_is_exact_and_complete(name):
     model = randomize_batchnorm(timm.create_model(name), seed=7).eval()
-    forms = [False, True] if any(hasattr(m, "merge_branches") for m in model.modules()) else [False]
+    forms = [False, True] if repnext.reparam.has_single_branch_form(model) else [False]
     for dtype in (torch.float64, torch.float32):  # fused in each dtype: fusion arithmetic is part of the test
         source = copy.deepcopy(model).to(dtype)
         for single_branch in forms:
