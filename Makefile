@@ -16,18 +16,18 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required, found " + sys.version.split()[0])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[pipeline,dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[pipeline,export,dev]'
 	touch $@
 
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
-# Rebuild everything twice and compare bytes; only time measurements (latency_*) are exempt.
+# Rebuild everything twice and compare bytes; only time measurements (files named latency*) are exempt.
 determinism: $(STAMP)
 	dvc repro -f -q
-	find artifacts figures -type f ! -name 'latency_*' | sort | xargs md5sum > $(VENV)/determinism-1.md5
+	find artifacts figures -type f ! -name 'latency*' | sort | xargs md5sum > $(VENV)/determinism-1.md5
 	dvc repro -f -q
-	find artifacts figures -type f ! -name 'latency_*' | sort | xargs md5sum > $(VENV)/determinism-2.md5
+	find artifacts figures -type f ! -name 'latency*' | sort | xargs md5sum > $(VENV)/determinism-2.md5
 	diff $(VENV)/determinism-1.md5 $(VENV)/determinism-2.md5
 	@echo "every pipeline output is byte-identical across two 'dvc repro -f' runs"
 

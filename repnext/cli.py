@@ -58,6 +58,78 @@ def cmd_stats(args: argparse.Namespace) -> None:
     _emit(model_stats(_models(args.models), args.resolution, forms), args.format, args.output)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from .analysis.latency import BenchmarkError, benchmark, sgemm_rate
+
+    args.threads = args.threads or torch.get_num_threads()
+    try:
+        sgemm = sgemm_rate(args.threads) if args.device == "cpu" else None
+        latency, rates = benchmark(
+            args.models, args.forms or ["unfused", "fused"], args.backends or ["eager"], args.resolution,
+            args.threads, args.device, args.rounds, args.warmup, args.batch_size, sgemm,
+        )  # fmt: skip
+    except BenchmarkError as error:
+        raise SystemExit(f"repnext bench: {error}") from None
+    if sgemm is not None:
+        print(f"sgemm: {sgemm:.1f} GMAC/s on {args.threads} thread(s)", file=sys.stderr)
+    _emit(latency, args.format, args.output)
+    if rates is not None:
+        _emit(rates, args.format, args.throughput_output)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .export import ExportError, export_model
+    from .registry import create_model
+    from .reparam import reparameterize
+
+    name = _models([args.model])[0]
+    model = create_model(name, num_classes=args.num_classes) if args.num_classes else create_model(name)
+    try:
+        if args.checkpoint:
+            load_checkpoint(model, args.checkpoint)
+        model = model.eval() if args.unfused else reparameterize(model.eval())
+        report = export_model(model, args.format, args.output, args.resolution, args.tolerance)
+    except (CheckpointError, ExportError) as error:
+        raise SystemExit(f"repnext export: {error}") from None
+    print(f"wrote {report.path} ({report.format}); {report.checked}")
+
+
+def cmd_logs(args: argparse.Namespace) -> None:
+    import warnings
+
+    from .analysis.logs import DEFAULT_PATTERNS, LogWarning, compile_group_by, read_logs, summarize
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LogWarning)
+        try:
+            group_by = compile_group_by(args.group_by, "--group-by")
+            runs = read_logs(args.paths, args.patterns or DEFAULT_PATTERNS, group_by)
+        except (OSError, ValueError) as error:  # LogFormatError is a ValueError naming the file
+            raise SystemExit(f"repnext logs: {error}") from None
+    for warning in caught:
+        print(f"repnext logs: warning: {warning.message}", file=sys.stderr)
+    _emit(summarize(runs), args.format, args.output)
+
+
+def cmd_features(args: argparse.Namespace) -> None:
+    from .analysis.features import compute_feature_maps, describe_predictions, write_feature_maps
+
+    try:
+        maps = compute_feature_maps(args.model, args.weights, args.image, args.stage, args.block, args.input_size)
+        written = write_feature_maps(maps, args.output, args.branches, args.channel_grid)
+    except ValueError as error:  # bad image, weights, checkpoint or setting: one line naming it
+        raise SystemExit(f"repnext features: {error}") from None
+    capture = maps.capture
+    print(describe_predictions(maps))
+    print(f"{capture.mixer}: max |{capture.combine} of branches - output| = {capture.branch_error:.1e}, "
+          f"max |fused - output| = {capture.fused_error:.1e}")  # fmt: skip
+    for path in written:
+        print(path)
+
+
 def cmd_notebook(args: argparse.Namespace) -> None:
     from .pipeline import StageError, load_section, run_notebook
 
@@ -101,6 +173,62 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--format", choices=FORMATS, default="md")
     stats.add_argument("-o", "--output", help="write here instead of stdout; the suffix picks the format")
     stats.set_defaults(func=cmd_stats)
+
+    bench = sub.add_parser("bench", help="batch-1 latency (and throughput) of training/fused forms on backends")
+    bench.add_argument("models", nargs="+", help="repnext variants or any timm model (e.g. repvit_m1_0)")
+    forms = bench.add_mutually_exclusive_group()
+    forms.add_argument("--fused", dest="forms", action="store_const", const=["fused"], help="fused form only")
+    forms.add_argument("--unfused", dest="forms", action="store_const", const=["unfused"], help="training form only")
+    bench.add_argument("--backend", dest="backends", action="append", metavar="NAME", help="repeatable; "
+                       "eager (default), channels_last, torchscript, onnxruntime, openvino, compile")  # fmt: skip
+    bench.add_argument("--batch-size", type=_positive, default=1, help="> 1 also measures throughput at this batch")
+    bench.add_argument("--resolution", type=_positive, default=224)
+    bench.add_argument("--threads", type=_positive, help="intra-op threads (default: torch's)")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench.add_argument("--rounds", type=_positive, default=30, help="timed interleaved rounds")
+    bench.add_argument("--warmup", type=_positive, default=5, help="untimed calls per configuration first")
+    bench.add_argument("--format", choices=FORMATS, default="md")
+    bench.add_argument("-o", "--output", help="write the latency table here; the suffix picks the format")
+    bench.add_argument("--throughput-output", help="write the throughput table here (with --batch-size > 1)")
+    bench.set_defaults(func=cmd_bench)
+
+    export = sub.add_parser("export", help="export the fused model and verify the artifact against PyTorch")
+    export.add_argument("model", help="a repnext variant")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript", "coreml"))
+    export.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .mlpackage)")
+    export.add_argument("--checkpoint", help="weights to load (upstream {'model': ...} or a plain state dict)")
+    export.add_argument("--num-classes", type=_positive, help="classifier size when the checkpoint is not ImageNet")
+    export.add_argument("--resolution", type=_positive, default=224, help="input height and width")
+    export.add_argument("--unfused", action="store_true", help="export the training form instead")
+    export.add_argument("--tolerance", type=float, default=1e-4, help="largest max-abs error that passes")
+    export.set_defaults(func=cmd_export)
+
+    logs = sub.add_parser("logs", help="one row per training run from DeiT/timm/MMDetection/MMSegmentation logs")
+    logs.add_argument("paths", nargs="+", metavar="PATH_OR_GLOB", help="log files, folders (searched with "
+                      "--pattern) or globs such as 'logs/**/log.txt'")  # fmt: skip
+    logs.add_argument("--group-by", metavar="REGEX", help="named groups of this regex, searched in each run's "
+                      "name, become columns, e.g. '(?P<model>recnext_m\\d)_(?P<resolution>\\d+)x'")  # fmt: skip
+    logs.add_argument("--pattern", dest="patterns", action="append", metavar="GLOB",
+                      help="files to read inside a folder (repeatable; default: **/*.txt, **/*summary.csv, "
+                      "**/*.json)")  # fmt: skip
+    logs.add_argument("--format", choices=FORMATS, default="md")
+    logs.add_argument("-o", "--output", help="write here instead of stdout; the suffix picks the format")
+    logs.set_defaults(func=cmd_logs)
+
+    features = sub.add_parser("features", help="feature maps of each token-mixer branch of one block (figures)")
+    features.add_argument("model", help="variant, e.g. repnext_m1")
+    features.add_argument("--image", default="skimage:chelsea",
+                          help="path, http(s) URL or skimage:NAME (default: scikit-image's cat photo)")  # fmt: skip
+    features.add_argument("--stage", type=int, default=0)
+    features.add_argument("--block", type=int, default=1)
+    features.add_argument("--weights", help="'pretrained' (released, needs network), a checkpoint path or URL "
+                          "(default: untrained, seed 0)")  # fmt: skip
+    features.add_argument("--branch", dest="branches", action="append", help="repeatable (default: all)")
+    features.add_argument("--input-size", type=_positive, default=224)
+    features.add_argument("--channel-grid", type=_positive, default=False, metavar="N",
+                          help="also draw the first N channels of each branch")  # fmt: skip
+    features.add_argument("-o", "--output", default="figures/feature_maps", help="folder (files go to DIR/MODEL/)")
+    features.set_defaults(func=cmd_features)
 
     notebook = sub.add_parser("notebook", help="run a parameterized notebook with papermill (a pipeline stage)")
     notebook.add_argument("source", help="source notebook, e.g. notebooks/model_stats.ipynb")

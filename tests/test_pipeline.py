@@ -2,6 +2,7 @@
 
 import filecmp
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -15,8 +16,28 @@ from repnext.cli import main
 from repnext.pipeline import check_models, check_positive, clean_notebook, load_section, run_notebook
 
 ROOT = Path(__file__).parents[1]
-STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 REDUCED = yaml.safe_load((ROOT / "tests" / "data" / "params_reduced.yaml").read_text())
+
+
+def expand_stages(stages: dict, params: dict) -> dict:
+    """dvc.yaml stages with each ``foreach`` stage expanded as DVC does: ``name@key``, ``${key}``, ``${item.x}``."""
+    expanded = {}
+    for name, stage in stages.items():
+        if "foreach" not in stage:
+            expanded[name] = stage
+            continue
+        items = params
+        for part in stage["foreach"].strip("${} ").split("."):
+            items = items[part]
+        for key, item in items.items():
+            text = yaml.safe_dump(stage["do"], sort_keys=False).replace("${key}", key)
+            text = re.sub(r"\$\{item\.(\w+)\}", lambda m, item=item: str(item[m.group(1)]), text)
+            expanded[f"{name}@{key}"] = yaml.safe_load(text)
+    return expanded
+
+
+STAGES = expand_stages(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"], PARAMS)
 
 
 def notebook_args(stage: dict) -> tuple[str, str, str]:
@@ -25,8 +46,31 @@ def notebook_args(stage: dict) -> tuple[str, str, str]:
     return argv[2], argv[3], argv[argv.index("--section") + 1]
 
 
+def _fixture(value: object) -> object:
+    """Reduced parameters name test fixtures relative to the repository (stages run in a temp folder)."""
+    return str(ROOT / value) if isinstance(value, str) and value.startswith("tests/") else value
+
+
 def reduced_params(section: str) -> dict:
-    return {**load_section(ROOT / "params.yaml", section), **REDUCED[section]}
+    return {**load_section(ROOT / "params.yaml", section), **{k: _fixture(v) for k, v in _reduced(section).items()}}
+
+
+def _reduced(section: str) -> dict:
+    """The reduced overrides at dotted ``section`` (e.g. ``feature_maps.settings.repnext_m0``); may be empty."""
+    data = REDUCED
+    for key in section.split("."):
+        data = data.get(key, {}) if isinstance(data, dict) else {}
+    return data
+
+
+def is_time_measurement(path: str | Path) -> bool:
+    """Files named ``latency*`` hold times, which differ between runs; every other output must not."""
+    return Path(path).name.startswith("latency")
+
+
+def _outputs(stage: dict) -> list[str]:
+    entries = stage.get("outs", []) + stage.get("metrics", [])
+    return [next(iter(out)) if isinstance(out, dict) else out for out in entries]
 
 
 def test_every_notebook_is_a_clean_stage():
@@ -34,28 +78,41 @@ def test_every_notebook_is_a_clean_stage():
     assert sources == {f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")}
     for name, stage in STAGES.items():
         source, output, section = notebook_args(stage)
-        assert output.startswith("artifacts/notebooks/") and section == name and stage["params"] == [name]
+        assert section == name.replace("@", ".settings.") and stage["params"] == [section]
+        assert output.startswith("artifacts/notebooks/")
         assert source in stage["deps"] and any(output in out for out in stage["outs"])
         assert all(next(iter(out.values()))["cache"] is False for out in stage["outs"] if isinstance(out, dict))
         nb = nbformat.read(ROOT / source, as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, f"{source}: needs exactly one cell tagged 'parameters'"
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
-        assert name in REDUCED, f"tests/data/params_reduced.yaml has no reduced set for stage {name}"
+        assert name.split("@")[0] in REDUCED, f"tests/data/params_reduced.yaml has no reduced set for stage {name}"
+    for family in {name.split("@")[0] for name in STAGES if "@" in name}:
+        assert any(name.startswith(f"{family}@") for name in TESTED_STAGES), f"no reduced item of {family} is tested"
+
+
+# Every plain stage, and the items of foreach stages that have their own reduced set.
+TESTED_STAGES = sorted(name for name in STAGES if "@" not in name or _reduced(name.replace("@", ".settings.")))
 
 
 def _run_stage(name: str, workdir: Path, output: str) -> None:
-    source = ROOT / notebook_args(STAGES[name])[0]
-    run_notebook(source, workdir / output, reduced_params(name))
+    source, _, section = notebook_args(STAGES[name])
+    run_notebook(ROOT / source, workdir / output, reduced_params(section))
 
 
-@pytest.mark.parametrize("name", sorted(STAGES))
+@pytest.mark.parametrize("name", TESTED_STAGES)
 def test_stage_outputs_are_byte_identical_across_runs(name, tmp_path, monkeypatch):
-    for run in ("a", "b"):
+    measurement_only = all(is_time_measurement(out) for out in _outputs(STAGES[name]))
+    for run in ("a",) if measurement_only else ("a", "b"):
         (tmp_path / run).mkdir()
         monkeypatch.chdir(tmp_path / run)
-        _run_stage(name, tmp_path / run, "executed.ipynb")
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+        _run_stage(name, tmp_path / run, "latency.ipynb" if measurement_only else "executed.ipynb")
+    produced = {str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    for out in _outputs(STAGES[name]):
+        assert out.startswith("artifacts/notebooks/") or any(p == out or p.startswith(f"{out}/") for p in produced), out
+    if measurement_only:
+        return
+    files = sorted(Path(f) for f in produced if not is_time_measurement(f))
     assert len(files) >= 3
     _, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", files, shallow=False)
     assert not mismatch and not errors, mismatch + errors

@@ -1,0 +1,183 @@
+"""Export the fused model to ONNX, TorchScript or Core ML, and verify the artifact against PyTorch.
+
+:func:`export_model` writes each export to a temporary path and moves it into place only after it ran (ONNX Runtime,
+``torch.jit.load``) and matched the PyTorch model on random input within a tolerance, so a failed or
+inaccurate export leaves nothing behind. Core ML models can only be run on macOS; on other systems
+the conversion is checked by its spec (input and output names and shapes) instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+EXPORT_FORMATS = ("onnx", "torchscript", "coreml")
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+class ExportError(RuntimeError):
+    """An export that failed or did not match PyTorch; the message is the one line to show."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """Where the verified artifact is and how far its outputs are from PyTorch's."""
+
+    path: Path
+    format: str
+    max_abs_error: float | None  # None: the format cannot run here (Core ML off macOS)
+    checked: str
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, opset: int = 18) -> Path:
+    """Write ``model`` as ONNX with a dynamic batch axis; ``example`` is a ``[B, 3, H, W]`` input.
+
+    Uses the ``torch.export``-based exporter (the default since PyTorch 2.9); H and W are fixed to
+    the example's size, so RecNeXt's interpolation sizes become constants of the graph.
+    """
+    path = Path(path)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with warnings.catch_warnings():  # the exporter narrates each step as a warning
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model.eval(),
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            verbose=False,
+        )
+    program.save(str(path))
+    return path
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
+    """Trace ``model`` on ``example`` and save it with ``torch.jit.save``."""
+    path = Path(path)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # input-shape checks become constants
+        traced = torch.jit.trace(model.eval(), example)
+    torch.jit.save(traced, str(path))
+    return path
+
+
+def export_coreml(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
+    """Convert ``model`` to a Core ML ``.mlpackage`` (ML program, iOS 16+) with a fixed input shape."""
+    try:
+        import coremltools as ct
+    except ImportError:
+        raise ExportError("format 'coreml' needs coremltools (pip install coremltools)") from None
+    path = Path(path)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model.eval(), example)
+        converted = ct.convert(
+            traced,
+            inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape))],
+            outputs=[ct.TensorType(name=OUTPUT_NAME)],
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS16,
+        )
+    converted.save(str(path))
+    return path
+
+
+def _max_abs(ours: np.ndarray, reference: torch.Tensor) -> float:
+    return float(np.abs(np.asarray(ours, dtype=np.float64) - reference.double().numpy()).max())
+
+
+def verify_onnx(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
+    """Max abs difference between ONNX Runtime and PyTorch on ``inputs``."""
+    from .analysis.latency import onnx_session
+
+    session = onnx_session(path, threads=torch.get_num_threads())
+    (output,) = session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})
+    with torch.no_grad():
+        return _max_abs(output, model(inputs))
+
+
+def verify_torchscript(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
+    """Max abs difference between the saved TorchScript module and PyTorch on ``inputs``."""
+    loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        return _max_abs(loaded(inputs).numpy(), model(inputs))
+
+
+def check_coreml_spec(path: Path, example: torch.Tensor, num_outputs: int) -> str:
+    """Check the saved Core ML model's input and output names and shapes; returns what was checked."""
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    inputs = {i.name: tuple(i.type.multiArrayType.shape) for i in spec.description.input}
+    outputs = [o.name for o in spec.description.output]
+    if inputs != {INPUT_NAME: tuple(example.shape)} or outputs != [OUTPUT_NAME]:
+        raise ExportError(f"{path}: Core ML spec has inputs {inputs} and outputs {outputs}; "
+                          f"expected {INPUT_NAME} {tuple(example.shape)} -> {OUTPUT_NAME}")  # fmt: skip
+    return f"spec: {INPUT_NAME} {tuple(example.shape)} -> {OUTPUT_NAME} [1, {num_outputs}] (prediction needs macOS)"
+
+
+def export_model(
+    model: nn.Module,
+    fmt: str,
+    output: str | os.PathLike,
+    resolution: int = 224,
+    tolerance: float = 1e-4,
+    seed: int = 0,
+) -> ExportReport:
+    """Export ``model`` (in eval mode, already fused if wanted) as ``fmt`` to ``output`` and verify it.
+
+    ONNX and TorchScript are run on a random ``[2, 3, resolution, resolution]`` batch (ONNX exported
+    at batch 1, so the dynamic batch axis is exercised) and must agree with PyTorch within
+    ``tolerance`` (max abs); otherwise nothing is left at ``output`` and :class:`ExportError` is raised.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    model = model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    example = torch.randn(1, 3, resolution, resolution, generator=generator)
+    batch = torch.randn(2, 3, resolution, resolution, generator=generator)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        staged = staging / output.name
+        if fmt == "coreml":
+            export_coreml(model, staged, example)
+            with torch.no_grad():
+                num_outputs = model(example).shape[-1]
+            checked, error = check_coreml_spec(staged, example, num_outputs), None
+        else:
+            if fmt == "onnx":
+                _require("onnxruntime", "onnx")
+                export_onnx(model, staged, example)
+                error = verify_onnx(staged, model, batch)
+            else:
+                export_torchscript(model, staged, example)
+                error = verify_torchscript(staged, model, batch)
+            checked = f"max abs error {error:.3g} on a random batch of 2 (tolerance {tolerance:g})"
+            if not error <= tolerance:
+                raise ExportError(f"{fmt} export differs from PyTorch by {error:.3g} (> tolerance {tolerance:g})")
+        if output.is_dir():
+            shutil.rmtree(output)
+        os.replace(staged, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportReport(output, fmt, error, checked)
+
+
+def _require(*packages: str) -> None:
+    for package in packages:
+        try:
+            __import__(package)
+        except ImportError:
+            raise ExportError(f"this export needs {package!r}: pip install 'repnext[export]'") from None
