@@ -130,6 +130,22 @@ def cmd_features(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_render(args: argparse.Namespace) -> None:
+    from .render import RenderError, check_page, render_notebook_html
+
+    try:
+        page = render_notebook_html(args.source, args.output)
+    except RenderError as error:
+        raise SystemExit(f"repnext render: {error}") from None
+    if args.check or args.screenshot:
+        try:
+            problems = check_page(page, screenshot=args.screenshot)
+        except FileNotFoundError as error:
+            raise SystemExit(f"repnext render: --check: {error}") from None
+        if problems:
+            raise SystemExit(f"repnext render: {page}: " + "; ".join(problems))
+
+
 def cmd_notebook(args: argparse.Namespace) -> None:
     from .pipeline import StageError, load_section, run_notebook
 
@@ -229,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also draw the first N channels of each branch")  # fmt: skip
     features.add_argument("-o", "--output", default="figures/feature_maps", help="folder (files go to DIR/MODEL/)")
     features.set_defaults(func=cmd_features)
+
+    render = sub.add_parser("render", help="render an executed notebook as one offline HTML page (math as MathML)")
+    render.add_argument("source", help="executed notebook, e.g. artifacts/notebooks/reparam_tutorial.ipynb")
+    render.add_argument("output", help="HTML page to write, e.g. artifacts/tutorial/reparam_tutorial.html")
+    render.add_argument("--check", action="store_true", help="then open the page in headless Chromium and check it")
+    render.add_argument("--screenshot", help="with the check, save a PNG of the top of the page here")
+    render.set_defaults(func=cmd_render)
 
     notebook = sub.add_parser("notebook", help="run a parameterized notebook with papermill (a pipeline stage)")
     notebook.add_argument("source", help="source notebook, e.g. notebooks/model_stats.ipynb")

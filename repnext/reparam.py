@@ -23,18 +23,24 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = [
     "BorderBiasConv2d",
     "absorb_activated_shortcut",
+    "avg_pool_kernel",
     "bn_scale_shift",
     "bn_to_conv",
     "conv_from_kernel",
+    "conv_to_linear",
     "dilate_kernel",
     "dirac_kernel",
     "fold_affine_after",
     "fold_affine_before",
     "fold_output_affine",
+    "fuse_1x1_kxk",
     "fuse_bn_conv",
     "fuse_bn_linear",
     "fuse_conv_bn",
+    "fuse_kxk_1x1",
     "has_single_branch_form",
+    "linear_from_weight",
+    "linear_to_conv",
     "merge_chunks",
     "merge_copies",
     "merge_parallel",
@@ -288,6 +294,101 @@ def absorb_activated_shortcut(
     new_pr_w = torch.cat([eye, pr_w], dim=1)
     new_pr_b = pr_b if pr_b is not None else pr_w.new_zeros(channels)
     return new_dw, (new_ex_w, new_ex_b), (new_pr_w, new_pr_b)
+
+
+def _by_group(weight: Tensor, groups: int) -> Tensor:
+    """``[out, in / groups, ...]`` -> ``[groups, out / groups, in / groups, ...]`` (output channels are group-major)."""
+    if weight.shape[0] % groups:
+        raise ValueError(f"{weight.shape[0]} output channels do not split into {groups} groups")
+    return weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:])
+
+
+def _check_chain(first: Tensor, second: Tensor, groups: int) -> None:
+    if first.shape[0] != second.shape[1] * groups:
+        raise ValueError(
+            f"the first conv gives {first.shape[0]} channels but the second, with {groups} groups, "
+            f"expects {second.shape[1] * groups}"
+        )
+
+
+def fuse_1x1_kxk(first: tuple[Tensor, Bias], second: tuple[Tensor, Bias], groups: int = 1) -> tuple[Tensor, Bias]:
+    """A 1x1 conv then a kxk conv, both with ``groups`` groups -> one kxk conv.
+
+    ``first``: ``[M, C / groups, 1, 1]``, ``second``: ``[D, M / groups, kh, kw]``; the result is
+    ``[D, C / groups, kh, kw]`` with ``W[d, c] = sum_m W2[d, m] W1[m, c]`` inside each group, used with the
+    kxk conv's stride and padding. The first bias reaches every tap of the kxk kernel, which is exact when
+    the kxk conv has no padding; with zero padding its border taps see zeros where the composite sees that
+    bias, so a padded kxk conv is exact only when the first conv has no bias (or away from the borders).
+    """
+    (w1, b1), (w2, b2) = first, second
+    if w1.shape[-2:] != (1, 1):
+        raise ValueError(f"the first conv must be 1x1, got {tuple(w1.shape[-2:])}")
+    _check_chain(w1, w2, groups)
+    mix = _by_group(w1, groups)[..., 0, 0]  # [g, M / g, C / g]
+    weight = torch.einsum("gdmhw,gmc->gdchw", _by_group(w2, groups), mix).flatten(0, 1)
+    if b1 is None:
+        return weight, b2
+    through = torch.einsum("gdmhw,gm->gd", _by_group(w2, groups), b1.reshape(groups, -1)).flatten()
+    return weight, through if b2 is None else b2 + through
+
+
+def fuse_kxk_1x1(first: tuple[Tensor, Bias], second: tuple[Tensor, Bias], groups: int = 1) -> tuple[Tensor, Bias]:
+    """A kxk conv then a 1x1 conv, both with ``groups`` groups -> one kxk conv (exact for any padding and stride).
+
+    ``first``: ``[M, C / groups, kh, kw]``, ``second``: ``[D, M / groups, 1, 1]``; the result is
+    ``[D, C / groups, kh, kw]`` with ``W[d, c] = sum_m W2[d, m] W1[m, c]`` inside each group and bias
+    ``W2 b1 + b2``, used with the kxk conv's stride and padding. The 1x1 conv acts on each pixel alone,
+    so the padding of the kxk conv is unaffected.
+    """
+    (w1, b1), (w2, b2) = first, second
+    if w2.shape[-2:] != (1, 1):
+        raise ValueError(f"the second conv must be 1x1, got {tuple(w2.shape[-2:])}")
+    _check_chain(w1, w2, groups)
+    mix = _by_group(w2, groups)[..., 0, 0]  # [g, D / g, M / g]
+    weight = torch.einsum("gdm,gmchw->gdchw", mix, _by_group(w1, groups)).flatten(0, 1)
+    if b1 is None:
+        return weight, b2
+    through = torch.einsum("gdm,gm->gd", mix, b1.reshape(groups, -1)).flatten()
+    return weight, through if b2 is None else b2 + through
+
+
+def avg_pool_kernel(channels: int, kernel_size: int, groups: int = 1, like: Tensor | None = None) -> Tensor:
+    """``nn.AvgPool2d(kernel_size)`` as a conv kernel ``[channels, channels // groups, k, k]``.
+
+    Each output channel averages its own input channel: ``1 / k^2`` on all its taps. Exact with the
+    pooling's stride and padding as long as padded zeros count in the average (``count_include_pad=True``,
+    the default). ``groups=channels`` gives a depthwise kernel, ``groups=1`` one that adds to a dense conv's.
+    """
+    average = dirac_kernel(channels, 1, groups, like) / kernel_size**2
+    return average.repeat(1, 1, kernel_size, kernel_size)
+
+
+def linear_to_conv(weight: Tensor, bias: Bias) -> tuple[Tensor, Bias]:
+    """A Linear ``[out, in]`` as a 1x1 conv ``[out, in, 1, 1]`` that applies it to every pixel (same bias)."""
+    return weight.reshape(*weight.shape, 1, 1), bias
+
+
+def conv_to_linear(weight: Tensor, bias: Bias, groups: int = 1) -> tuple[Tensor, Bias]:
+    """A 1x1 conv ``[out, in / groups, 1, 1]`` as a Linear ``[out, in]`` on each pixel's channel vector.
+
+    A grouped conv becomes a block-diagonal matrix (one block per group).
+    """
+    if weight.shape[-2:] != (1, 1):
+        raise ValueError(f"only a 1x1 conv is a Linear on each pixel, got a {tuple(weight.shape[-2:])} kernel")
+    return torch.block_diag(*_by_group(weight, groups)[..., 0, 0].unbind(0)), bias
+
+
+@torch.no_grad()
+def linear_from_weight(weight: Tensor, bias: Bias) -> nn.Linear:
+    """A new ``nn.Linear`` holding ``weight`` ``[out, in]`` and ``bias`` ``[out]``, on their device and dtype."""
+    # skip_init: the weights are overwritten at once
+    linear = torch.nn.utils.skip_init(
+        nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype
+    )
+    linear.weight.copy_(weight)
+    if bias is not None:
+        linear.bias.copy_(bias)
+    return linear
 
 
 @torch.no_grad()

@@ -96,8 +96,13 @@ TESTED_STAGES = sorted(name for name in STAGES if "@" not in name or _reduced(na
 
 
 def _run_stage(name: str, workdir: Path, output: str) -> None:
-    source, _, section = notebook_args(STAGES[name])
+    """Run the stage's notebook with reduced parameters, then any ``&& repnext ...`` commands after it."""
+    source, executed, section = notebook_args(STAGES[name])
     run_notebook(ROOT / source, workdir / output, reduced_params(section))
+    for command in STAGES[name]["cmd"].split("&&")[1:]:
+        argv = [str(workdir / output) if arg == executed else arg for arg in shlex.split(command)]
+        assert argv[0] == "repnext", command
+        main(argv[1:])
 
 
 @pytest.mark.parametrize("name", TESTED_STAGES)

@@ -17,9 +17,9 @@ from repnext.analysis.equivalence import TOLERANCES, compare_outputs, randomize_
 MODELS = repnext.list_models()
 UPSTREAM = json.loads((Path(__file__).parents[1] / "data" / "upstream_state_dicts.json").read_text())
 FAMILY_EXAMPLES = ["repnext_m0", "recnext_m0", "recnext_a0", "repnext_u1_tiny"]
-# RepNeXt at the papers' 224 and a non-square size; the other families at two smaller sizes (one odd-shaped)
-# so that the suite stays within its 5-minute budget on two cores.
-DEFAULT_SIZES = [(224, 224), (160, 192)]
+# Two sizes per family, one non-square, small enough for the suite's 5-minute budget on two cores; the
+# papers' 224x224 (and 160x192) is checked for every variant by the pipeline's reparam_check stage.
+DEFAULT_SIZES = [(96, 96), (80, 112)]
 SIZES = {"recnext": [(128, 128), (96, 160)], "repnext_u": [(32, 32), (64, 96)]}
 
 
