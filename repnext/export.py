@@ -8,6 +8,8 @@ the conversion is checked by its spec (input and output names and shapes) instea
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -45,7 +47,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
     """
     path = Path(path)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    with warnings.catch_warnings():  # the exporter narrates each step as a warning
+    # The exporter narrates each step on stdout and as warnings; tables printed by the CLI stay clean.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model.eval(),

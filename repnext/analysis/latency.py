@@ -19,6 +19,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,7 +134,9 @@ def prepare(model: nn.Module, backend: str, inputs: torch.Tensor, threads: int, 
         model = model.to(memory_format=torch.channels_last)
         return _no_grad(model, inputs.contiguous(memory_format=torch.channels_last))
     if backend == "torchscript":
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():  # deprecated in torch 2.14, still supported
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, inputs)))
         return _no_grad(scripted, inputs)
     if backend == "compile":
