@@ -146,6 +146,28 @@ def cmd_render(args: argparse.Namespace) -> None:
             raise SystemExit(f"repnext render: {page}: " + "; ".join(problems))
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import config_from_args, train
+
+    try:
+        train(config_from_args(args))
+    except (ValueError, FloatingPointError) as error:  # includes DatasetError and CheckpointError
+        raise SystemExit(f"repnext train: {error}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None  # the message naming the checkpoint to resume from is already printed
+
+
+def cmd_dataset(args: argparse.Namespace) -> None:
+    from .datasets import materialize_dataset
+
+    try:
+        root = materialize_dataset(args.name, args.root, size=args.size, train_per_class=args.train_per_class,
+                                   val_per_class=args.val_per_class, seed=args.seed)  # fmt: skip
+    except ValueError as error:
+        raise SystemExit(f"repnext dataset: {error}") from None
+    print(root)
+
+
 def cmd_notebook(args: argparse.Namespace) -> None:
     from .pipeline import StageError, load_section, run_notebook
 
@@ -156,6 +178,9 @@ def cmd_notebook(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .datasets import PHOTOS_SEED, PHOTOS_SIZE, PHOTOS_TRAIN_PER_CLASS, PHOTOS_VAL_PER_CLASS
+    from .train import add_arguments as add_train_arguments
+
     parser = argparse.ArgumentParser(prog="repnext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -252,6 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--check", action="store_true", help="then open the page in headless Chromium and check it")
     render.add_argument("--screenshot", help="with the check, save a PNG of the top of the page here")
     render.set_defaults(func=cmd_render)
+
+    train = sub.add_parser("train", help="train a variant: DeiT log.txt, upstream checkpoints; multi-GPU via torchrun")
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+    dataset = sub.add_parser("dataset", help="write a built-in offline dataset (builtin:photos) as an ImageFolder tree")
+    dataset.add_argument("name", help="builtin:photos")
+    dataset.add_argument("root", help="output folder, e.g. data/photos (replaced atomically)")
+    dataset.add_argument("--size", type=_positive, default=PHOTOS_SIZE, help="image side in pixels")
+    dataset.add_argument("--train-per-class", type=_positive, default=PHOTOS_TRAIN_PER_CLASS)
+    dataset.add_argument("--val-per-class", type=_positive, default=PHOTOS_VAL_PER_CLASS)
+    dataset.add_argument("--seed", type=int, default=PHOTOS_SEED)
+    dataset.set_defaults(func=cmd_dataset)
 
     notebook = sub.add_parser("notebook", help="run a parameterized notebook with papermill (a pipeline stage)")
     notebook.add_argument("source", help="source notebook, e.g. notebooks/model_stats.ipynb")

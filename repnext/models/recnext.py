@@ -11,6 +11,8 @@ Re-parameterization folds every BatchNorm. RecConv itself is linear but not one 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -105,11 +107,23 @@ class RecAttn2d(nn.Module):
 
 
 class RecNeXt(MetaNeXt):
-    """RecNeXt-M: RecConv2d token mixers (level ``4 - stage``) and 7x7 stride-2 depthwise downsampling."""
+    """RecNeXt-M: RecConv2d token mixers (level ``4 - stage``) and 7x7 stride-2 depthwise downsampling.
 
-    def __init__(self, mode: str = "bilinear", **kwargs):
-        super().__init__(token_mixer=lambda channels, stage: RecConv2d(channels, level=4 - stage, mode=mode),
-                         downsample_mixer=_downsample_conv, **kwargs)  # fmt: skip
+    For the papers' ablations, ``kernel_size`` sets the RecConv kernels and ``levels`` the recursion
+    level of each stage; a level of 0 makes that stage's token mixer a plain depthwise conv.
+    """
+
+    def __init__(self, mode: str = "bilinear", kernel_size: int = 5, levels: Sequence[int] = (4, 3, 2, 1), **kwargs):
+        levels = tuple(levels)
+        if len(levels) != len(kwargs.get("depth", levels)) or any(level < 0 for level in levels):
+            raise ValueError(f"levels: expected one non-negative level per stage, got {list(levels)}")
+
+        def token_mixer(channels: int, stage: int) -> nn.Module:
+            if levels[stage] == 0:
+                return dwconv(channels, kernel_size, bias=False)
+            return RecConv2d(channels, kernel_size, level=levels[stage], mode=mode)
+
+        super().__init__(token_mixer=token_mixer, downsample_mixer=_downsample_conv, **kwargs)
 
 
 class RecNeXtA(MetaNeXt):

@@ -163,11 +163,28 @@ class CopyConv(nn.Module):
         return nn.Sequential(conv, nn.ChannelShuffle(channels))
 
 
-class RepNeXt(MetaNeXt):
-    """RepNeXt: MetaNeXt with ChunkConv token mixers and CopyConv downsampling."""
+def _single_branch_mixer(channels: int, stage: int) -> nn.Conv2d:
+    return dwconv(channels, 11)
 
-    def __init__(self, **kwargs):
-        super().__init__(token_mixer=lambda channels, stage: ChunkConv(channels), downsample_mixer=CopyConv, **kwargs)
+
+def _single_branch_downsample(channels: int) -> nn.Conv2d:
+    return dwconv(channels, 7, stride=2, out_channels=2 * channels)
+
+
+class RepNeXt(MetaNeXt):
+    """RepNeXt: MetaNeXt with ChunkConv token mixers and CopyConv downsampling.
+
+    ``single_branch=True`` builds the single-branch equivalent for training from scratch (upstream's
+    "E" models): one depthwise 11x11 conv per token mixer and one depthwise 7x7 stride-2 conv with two
+    outputs per channel for downsampling. Its parameter names differ from the released checkpoints.
+    """
+
+    def __init__(self, single_branch: bool = False, **kwargs):
+        if single_branch:
+            super().__init__(token_mixer=_single_branch_mixer, downsample_mixer=_single_branch_downsample, **kwargs)
+        else:
+            super().__init__(token_mixer=lambda channels, stage: ChunkConv(channels), downsample_mixer=CopyConv,
+                             **kwargs)  # fmt: skip
 
 
 # (embed dims, depths) per variant, as in the paper and upstream's model/repnext.py.

@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import repnext
 from repnext.analysis.equivalence import randomize_batchnorm
@@ -52,6 +53,20 @@ def test_recconv_matches_its_definition(mode):
 def test_nearest_mode_option():
     model = timm.create_model("recnext_m0", mode="nearest")
     assert {b.token_mixer.mode for s in model.stages for b in s.blocks} == {"nearest"}
+
+
+def test_ablation_kernel_size_and_levels():
+    """``levels`` sets each stage's recursion; level 0 is a plain depthwise conv (the papers' 3x3/7x7 baselines)."""
+    model = timm.create_model("recnext_m0", kernel_size=7, levels=(2, 0, 1, 0)).eval()
+    mixers = [stage.blocks[0].token_mixer for stage in model.stages]
+    assert [getattr(mixer, "level", 0) for mixer in mixers] == [2, 0, 1, 0]
+    plain = mixers[1]
+    assert (type(plain), plain.kernel_size, plain.groups, plain.bias) == (nn.Conv2d, (7, 7), 80, None)
+    assert {conv.kernel_size for conv in mixers[0].convs} == {(7, 7)}
+    x = torch.randn(1, 3, 64, 48)
+    assert torch.allclose(repnext.reparameterize(model)(x), model(x), atol=1e-5)
+    with pytest.raises(ValueError, match=r"levels: expected one non-negative level per stage, got \[1, 1, 1\]"):
+        timm.create_model("recnext_m0", levels=(1, 1, 1))
 
 
 def test_upstream_checkpoint_loads_by_hub_name(tmp_path):

@@ -41,6 +41,18 @@ def test_fused_structure_and_published_params(name):
         assert round((n_params(single) + standalone) / 1e6, 1) == PUBLISHED_SINGLE_BRANCH_PARAMS_M[name]
 
 
+def test_single_branch_training_form():
+    """``single_branch=True`` trains the "E" structure directly; fused, it has the published E parameter count."""
+    model = timm.create_model("repnext_m0", single_branch=True).eval()
+    mixer, down = model.stages[1].blocks[0].token_mixer, model.stages[1].downsample.token_mixer
+    assert (type(mixer), mixer.kernel_size, mixer.groups) == (nn.Conv2d, (11, 11), 80)
+    assert (down.kernel_size, down.stride, down.groups, down.out_channels) == ((7, 7), (2, 2), 40, 80)
+    fused = repnext.reparameterize(model)
+    assert round(n_params(fused) / 1e6, 1) == PUBLISHED_SINGLE_BRANCH_PARAMS_M["repnext_m0"]
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.allclose(fused(x), model(x), atol=1e-5)
+
+
 def test_fusion_keeps_device_and_dtype():
     model = timm.create_model("repnext_m0").eval().to(torch.float64)
     for single_branch in (False, True):
