@@ -15,6 +15,7 @@ from importlib import resources
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import ScalarFormatter
 
 from ..tables import Table
 from .stats import published_results
@@ -31,6 +32,9 @@ _STYLE = {  # family -> (colour, marker); ours drawn last and on top
     "MobileOne": ("#bcbd22", "x"), "StarNet": ("#333333", "."), "RecNeXt-M": ("#9467bd", "D"),
     "RecNeXt-A": ("#ff7f0e", "v"), "RepNeXt": ("#d62728", "s"),
 }  # fmt: skip
+
+
+_OURS = ("RepNeXt", "RecNeXt-M", "RecNeXt-A")
 
 
 def published_accuracy_latency() -> pd.DataFrame:
@@ -110,7 +114,7 @@ def measured_accuracy_latency(summary: pd.DataFrame) -> Table:
 
 def _draw(ax, frame: pd.DataFrame, x: str, label_points: bool) -> None:
     """One line per family and distillation setting: solid with distillation, dashed without."""
-    families = sorted(frame.family.unique(), key=lambda f: (f in ("RepNeXt", "RecNeXt-M", "RecNeXt-A"), f))
+    families = sorted(frame.family.unique(), key=lambda f: (f in _OURS, f))
     for family in families:
         colour, marker = _STYLE.get(family, ("#7f7f7f", "o"))
         label = family  # one legend entry per family, on its first line
@@ -121,7 +125,7 @@ def _draw(ax, frame: pd.DataFrame, x: str, label_points: bool) -> None:
             ax.plot(part[x], part.top1, dashes, marker=marker, color=colour, markersize=5, linewidth=1.2,
                     label=label, alpha=1.0 if distillation else 0.75)  # fmt: skip
             label = None
-            if label_points and distillation:
+            if label_points and distillation and family in _OURS:  # peers stay unlabelled: legible in print
                 for point in part.itertuples():
                     ax.annotate(point.variant, (getattr(point, x), point.top1), fontsize=6, xytext=(3, -8),
                                 textcoords="offset points", color=colour)  # fmt: skip
@@ -158,6 +162,9 @@ def plot_measured(measured: pd.DataFrame, device: str) -> Figure:
     ax = fig.subplots()
     _draw(ax, frame, "latency", label_points=True)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel(f"batch-1 latency (ms, log scale), fastest fused backend, {device}")
     ax.set_title("Published top-1 against latency measured here")
     fig.tight_layout()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import os
 import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,6 +32,7 @@ from ..registry import create_model
 from ..reparam import reparameterize
 from ..tables import Table
 from .equivalence import TOLERANCES, compare_outputs, randomize_batchnorm
+from .latency import time_interleaved
 
 if TYPE_CHECKING:
     from IPython.display import Image
@@ -293,18 +293,6 @@ def _draw_kernel(ax: Axes, label: str, kernel: Tensor, box: tuple[int, int]) -> 
         ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, **lines))
 
 
-def median_ms(run: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``run()`` over ``repeats`` calls after ``warmup`` untimed ones, in milliseconds."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def timed_block(model: nn.Module) -> str:
     """Dotted name of the first residual block of stage 2 (the longest stage of every registered variant)."""
     for name, module in model.named_modules():
@@ -347,8 +335,9 @@ def latency_table(models: Sequence[str], image_size: int, repeats: int, batch_si
             (f"{name}.{block}", "block", *block_forms, _input_of(model, block, x)),
         ]
         for target, kind, train_form, fused_form, inputs in targets:
-            train_ms = median_ms(lambda f=train_form, v=inputs: f(v), repeats)
-            fused_ms = median_ms(lambda f=fused_form, v=inputs: f(v), repeats)
+            calls = {"train": lambda f=train_form, v=inputs: f(v), "fused": lambda f=fused_form, v=inputs: f(v)}
+            times = time_interleaved(calls, rounds=repeats, warmup=1, progress=False)  # the bench protocol
+            train_ms, fused_ms = (statistics.median(times[form]) * 1e3 for form in ("train", "fused"))
             rows.append(dict(
                 target=target, kind=kind, input="x".join(map(str, inputs.shape)), threads=torch.get_num_threads(),
                 repeats=repeats, train_ms=train_ms, fused_ms=fused_ms, speedup=train_ms / fused_ms,
