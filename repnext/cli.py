@@ -160,9 +160,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_dataset(args: argparse.Namespace) -> None:
     from .datasets import materialize_dataset
 
+    options = dict(size=args.size, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+                   seed=args.seed)  # fmt: skip
     try:
-        root = materialize_dataset(args.name, args.root, size=args.size, train_per_class=args.train_per_class,
-                                   val_per_class=args.val_per_class, seed=args.seed)  # fmt: skip
+        root = materialize_dataset(args.name, args.root, **{k: v for k, v in options.items() if v is not None})
     except ValueError as error:
         raise SystemExit(f"repnext dataset: {error}") from None
     print(root)
@@ -178,7 +179,6 @@ def cmd_notebook(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .datasets import PHOTOS_SEED, PHOTOS_SIZE, PHOTOS_TRAIN_PER_CLASS, PHOTOS_VAL_PER_CLASS
     from .train import add_arguments as add_train_arguments
 
     parser = argparse.ArgumentParser(prog="repnext", description=__doc__)
@@ -285,10 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     dataset = sub.add_parser("dataset", help="write a built-in offline dataset (builtin:photos) as an ImageFolder tree")
     dataset.add_argument("name", help="builtin:photos")
     dataset.add_argument("root", help="output folder, e.g. data/photos (replaced atomically)")
-    dataset.add_argument("--size", type=_positive, default=PHOTOS_SIZE, help="image side in pixels")
-    dataset.add_argument("--train-per-class", type=_positive, default=PHOTOS_TRAIN_PER_CLASS)
-    dataset.add_argument("--val-per-class", type=_positive, default=PHOTOS_VAL_PER_CLASS)
-    dataset.add_argument("--seed", type=int, default=PHOTOS_SEED)
+    dataset.add_argument("--size", type=_positive, help="image side in pixels (default: the dataset's)")
+    dataset.add_argument("--train-per-class", type=_positive, help="default: the dataset's")
+    dataset.add_argument("--val-per-class", type=_positive, help="default: the dataset's")
+    dataset.add_argument("--seed", type=int, help="default: the dataset's")
     dataset.set_defaults(func=cmd_dataset)
 
     notebook = sub.add_parser("notebook", help="run a parameterized notebook with papermill (a pipeline stage)")

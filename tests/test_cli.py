@@ -10,11 +10,10 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "repnext", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_python_m_entry_point_and_bad_arguments():
-    result = run("list")
-    assert result.returncode == 0
-    assert {"repnext_m0", "recnext_a5", "repnext_u3_base"} <= set(result.stdout.split())
-    result = run("verify", "repnext_m9")
+def test_python_m_entry_point_and_bad_arguments(capsys):
+    main(["list"])
+    assert {"repnext_m0", "recnext_a5", "repnext_u3_base"} <= set(capsys.readouterr().out.split())
+    result = run("verify", "repnext_m9")  # `python -m repnext`, in a fresh interpreter
     assert result.returncode != 0 and "unknown model 'repnext_m9'; available:" in result.stderr
 
 

@@ -8,8 +8,6 @@ from torch import nn
 from repnext import reparam
 from repnext.analysis.equivalence import randomize_batchnorm
 
-torch.set_default_dtype(torch.float64)
-
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a, b, rtol=1e-10, atol=1e-10)
