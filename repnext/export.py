@@ -9,6 +9,7 @@ the conversion is checked by its spec (input and output names and shapes) instea
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import shutil
@@ -76,10 +77,10 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, example: torch
 
 def export_coreml(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
     """Convert ``model`` to a Core ML ``.mlpackage`` (ML program, iOS 16+) with a fixed input shape."""
-    try:
-        import coremltools as ct
-    except ImportError:
-        raise ExportError("format 'coreml' needs coremltools (pip install coremltools)") from None
+    if missing_package("coremltools"):
+        raise ExportError("format 'coreml' needs coremltools (pip install coremltools)")
+    import coremltools as ct
+
     path = Path(path)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -178,9 +179,16 @@ def export_model(
     return ExportReport(output, fmt, error, checked)
 
 
-def _require(*packages: str) -> None:
+def missing_package(*packages: str) -> str | None:
+    """The first of ``packages`` (optional dependencies, e.g. the ``export`` extra) that cannot be imported."""
     for package in packages:
         try:
-            __import__(package)
+            importlib.import_module(package)
         except ImportError:
-            raise ExportError(f"this export needs {package!r}: pip install 'repnext[export]'") from None
+            return package
+    return None
+
+
+def _require(*packages: str) -> None:
+    if missing := missing_package(*packages):
+        raise ExportError(f"this export needs {missing!r}: pip install 'repnext[export]'")

@@ -14,6 +14,7 @@ warm-up time, then time calls until a measuring time has passed and report image
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import platform
 import statistics
@@ -78,15 +79,14 @@ def check_backend(backend: str) -> str:
     """Validate a backend name and that the package it needs is installed."""
     if backend not in BACKENDS:
         raise BenchmarkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    from ..export import missing_package
+
     needs = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}.get(backend, ())
-    for package in needs:
-        try:
-            __import__(package)
-        except ImportError:
-            raise BenchmarkError(
-                f"backend {backend!r} needs the {package!r} package, which is not installed "
-                f"(pip install {package}; onnx and onnxruntime come with `pip install repnext[export]`)"
-            ) from None
+    if package := missing_package(*needs):
+        raise BenchmarkError(
+            f"backend {backend!r} needs the {package!r} package, which is not installed "
+            f"(pip install {package}; onnx and onnxruntime come with `pip install repnext[export]`)"
+        )
     return backend
 
 
@@ -130,8 +130,8 @@ def prepare(model: nn.Module, backend: str, inputs: torch.Tensor, threads: int, 
     device = inputs.device
     if backend == "eager":
         return _no_grad(model, inputs)
-    if backend == "channels_last":
-        model = model.to(memory_format=torch.channels_last)
+    if backend == "channels_last":  # a copy: the same built model also serves the other backends
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         return _no_grad(model, inputs.contiguous(memory_format=torch.channels_last))
     if backend == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():  # deprecated in torch 2.14, still supported
@@ -294,15 +294,22 @@ def benchmark(
     unfused = backends if unfused_backends is None else [check_backend(b) for b in unfused_backends]
     configs = [Config(m, f, b) for m in models for f in forms for b in (unfused if f == "unfused" else backends)]
     latency_rows, throughput_rows = [], []
+    x = torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)).to(dev)
+    built: dict[tuple[str, str], nn.Module] = {}  # each model and form built once, shared by its backends
+
+    def model_in(name: str, form: str) -> nn.Module:
+        if (name, form) not in built:
+            built[name, form] = build_model(name, form, dev)
+        return built[name, form]
+
     with num_threads(threads), tempfile.TemporaryDirectory(prefix="repnext-bench-") as tmp:
         calls, batched, macs = {}, {}, {}
         for config in tqdm(configs, desc="preparing", unit="config", disable=_quiet(progress)):
-            model = build_model(config.model, config.form, dev)
+            model = model_in(config.model, config.form)
             if config.model not in macs:
-                macs[config.model] = count_macs(build_model(config.model, "fused", torch.device("cpu")), resolution)[0]
-            x = torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)).to(dev)
+                macs[config.model] = count_macs(model_in(config.model, "fused"), resolution)[0]
             workdir = Path(tmp) / config.key.replace("/", "-")
-            workdir.mkdir()
+            (workdir / "batched").mkdir(parents=True)
             calls[config.key] = prepare(model, config.backend, x, threads, workdir)
             if batch_size > 1:
                 batched[config.key] = prepare(model, config.backend, x.expand(batch_size, -1, -1, -1).contiguous(),
