@@ -6,7 +6,7 @@ import timm
 from torch import nn
 
 # Family name -> the module (under repnext.models) that registers its variants.
-FAMILIES = ("repnext", "recnext", "repnext_u")
+FAMILIES = ("repnext", "recnext", "recnext_tsb", "repnext_u")
 
 
 def models_by_family() -> dict[str, str]:

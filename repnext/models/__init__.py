@@ -2,7 +2,8 @@
 
 from .metanext import MetaNeXt
 from .recnext import RecNeXt, RecNeXtA
+from .recnext_tsb import RecNeXtTSB
 from .repnext import RepNeXt
 from .repnext_u import RepNeXtU
 
-__all__ = ["MetaNeXt", "RecNeXt", "RecNeXtA", "RepNeXt", "RepNeXtU"]
+__all__ = ["MetaNeXt", "RecNeXt", "RecNeXtA", "RecNeXtTSB", "RepNeXt", "RepNeXtU"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
@@ -28,7 +30,7 @@ def dwconv(channels: int, kernel_size: int | tuple[int, int], stride: int | tupl
 
 
 class ConvNorm(nn.Sequential):
-    """Conv2d (no bias) followed by BatchNorm2d; ``fuse()`` folds them into one Conv2d."""
+    """Conv2d (no bias unless ``bias``) followed by BatchNorm2d; ``fuse()`` folds them into one Conv2d."""
 
     def __init__(
         self,
@@ -39,10 +41,11 @@ class ConvNorm(nn.Sequential):
         padding: int = 0,
         groups: int = 1,
         bn_weight_init: float = 1.0,
+        bias: bool = False,
     ):
         super().__init__()
         self.add_module(
-            "conv", nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
+            "conv", nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
         )
         self.add_module("norm", nn.BatchNorm2d(out_channels))
         nn.init.constant_(self.norm.weight, bn_weight_init)
@@ -91,7 +94,7 @@ class DistilledClassifier(nn.Module):
         self.head = NormLinear(in_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head_dist = NormLinear(in_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor):  # -> Tensor, or (Tensor, Tensor) in distillation training: no Union for TorchScript
         x_cls, x_dist = self.head(x), self.head_dist(x)
         if self.training and self.distillation and not torch.jit.is_scripting():
             return x_cls, x_dist
@@ -107,29 +110,33 @@ class DistilledClassifier(nn.Module):
         return head
 
 
-def mlp(channels: int, hidden_channels: int, act_layer: type[nn.Module] = nn.GELU) -> nn.Sequential:
+def mlp(channels: int, hidden_channels: int, act_layer: type[nn.Module] = nn.GELU, bias: bool = False) -> nn.Sequential:
     """Pointwise channel mixer: 1x1 ConvNorm, activation, 1x1 ConvNorm (indices 0, 1, 2)."""
     return nn.Sequential(
-        ConvNorm(channels, hidden_channels),
+        ConvNorm(channels, hidden_channels, bias=bias),
         act_layer(),
-        ConvNorm(hidden_channels, channels),
+        ConvNorm(hidden_channels, channels, bias=bias),
     )
 
 
 class Stem(nn.Module):
-    """Two stride-2 3x3 ConvNorms with an activation between: ``[B, in_chans, H, W] -> [B, C, H/4, W/4]``.
+    """``depth`` stride-2 3x3 ConvNorms with activations between: ``[B, in_chans, H, W] -> [B, C, H/2^d, W/2^d]``.
 
-    Checks the input's channel count before any compute, so a wrong input fails with a clear message.
+    Widths double up to ``out_channels`` (C/2, C for two convs; C/4, C/2, C for three); ``final_act``
+    adds an activation after the last. Checks the input's channel count before any compute, so a
+    wrong input fails with a clear message.
     """
 
-    def __init__(self, in_chans: int, out_channels: int, act_layer: type[nn.Module] = nn.GELU):
+    def __init__(self, in_chans: int, out_channels: int, act_layer: type[nn.Module] = nn.GELU, depth: int = 2,
+                 bias: bool = False, final_act: bool = False):  # fmt: skip
         super().__init__()
         self.in_chans = in_chans
-        self.stem = nn.Sequential(
-            ConvNorm(in_chans, out_channels // 2, kernel_size=3, stride=2, padding=1),
-            act_layer(),
-            ConvNorm(out_channels // 2, out_channels, kernel_size=3, stride=2, padding=1),
-        )
+        widths = [in_chans] + [out_channels // 2**i for i in reversed(range(depth))]
+        layers: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(itertools.pairwise(widths)):
+            layers += [] if i == 0 else [act_layer()]
+            layers.append(ConvNorm(c_in, c_out, kernel_size=3, stride=2, padding=1, bias=bias))
+        self.stem = nn.Sequential(*layers, *([act_layer()] if final_act else []))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.stem(check_input(x, self.in_chans))

@@ -82,42 +82,23 @@ class MetaNeXtStage(nn.Module):
         return self.blocks(x)
 
 
-class MetaNeXt(nn.Module):
-    """Stem, four stages of MetaNeXt blocks, global average pool, distilled classifier.
+class DistilledBackbone(nn.Module):
+    """The timm model API shared by every MetaNeXt layout: ``stem``, ``stages``, average pool, ``head``.
 
-    ``token_mixer(channels, stage)`` and ``downsample_mixer(channels)`` build the family-specific
-    parts. ``drop_path_rate`` is the same for every block, as upstream.
-    Input ``[B, in_chans, H, W]`` -> logits ``[B, num_classes]``; any ``H, W`` works.
+    Subclasses build ``stem`` and ``stages`` (each stage with ``downsample``, ``blocks`` and
+    ``grad_checkpointing``) and call :meth:`init_head`.
     """
 
-    def __init__(self, token_mixer: TokenMixer, downsample_mixer: DownsampleMixer, in_chans: int = 3,
-                 num_classes: int = 1000, embed_dim: tuple[int, ...] = (48, 96, 192, 384),
-                 depth: tuple[int, ...] = (3, 3, 15, 2), mlp_ratio: float = 2, block_norm: bool = True,
-                 global_pool: str = "avg", distillation: bool = False, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, act_layer: type[nn.Module] = nn.GELU):  # fmt: skip
-        super().__init__()
+    def init_head(self, num_features: int, num_classes: int, global_pool: str, distillation: bool,
+                  drop_rate: float) -> None:  # fmt: skip
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.distillation = distillation
-        self.num_features = self.head_hidden_size = embed_dim[-1]
-        self.stem = Stem(in_chans, embed_dim[0], act_layer)
-        stages, self.feature_info = [], []
-        in_channels, stride = embed_dim[0], 4
-        for i, (channels, n_blocks) in enumerate(zip(embed_dim, depth, strict=True)):
-            downsample = Downsample(downsample_mixer(in_channels), in_channels, mlp_ratio, act_layer) if i else None
-            blocks = [
-                MetaNeXtBlock(token_mixer(channels, i), channels, mlp_ratio, block_norm, drop_path_rate, act_layer)
-                for _ in range(n_blocks)
-            ]
-            stages.append(MetaNeXtStage(downsample or nn.Identity(), blocks))
-            stride *= 2 if i else 1
-            self.feature_info.append(dict(num_chs=channels, reduction=stride, module=f"stages.{i}"))
-            in_channels = channels
-        self.stages = nn.Sequential(*stages)
+        self.num_features = self.head_hidden_size = num_features
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = DistilledClassifier(self.num_features, num_classes, distillation)
+        self.head = DistilledClassifier(num_features, num_classes, distillation)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -134,16 +115,19 @@ class MetaNeXt(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool not in (None, "avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
         self.head = DistilledClassifier(self.num_features, num_classes, self.distillation)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, in_chans, H, W] -> [B, embed_dim[-1], ceil(H / 32), ceil(W / 32)]``."""
+        """``[B, in_chans, H, W] -> [B, num_features, h, w]`` (``h = ceil(H / 32)`` for RepNeXt and RecNeXt M/A)."""
         return self.stages(self.stem(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """``[B, C, h, w] -> [B, num_classes]``; ``[B, C]`` with ``pre_logits``; unpooled with ``global_pool=''``."""
         if self.global_pool == "avg":
             x = x.mean((2, 3))
         x = self.head_drop(x)
@@ -151,3 +135,34 @@ class MetaNeXt(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class MetaNeXt(DistilledBackbone):
+    """Stem, four stages of MetaNeXt blocks, global average pool, distilled classifier.
+
+    ``token_mixer(channels, stage)`` and ``downsample_mixer(channels)`` build the family-specific
+    parts. ``drop_path_rate`` is the same for every block, as upstream.
+    Input ``[B, in_chans, H, W]`` -> logits ``[B, num_classes]``; any ``H, W`` works.
+    """
+
+    def __init__(self, token_mixer: TokenMixer, downsample_mixer: DownsampleMixer, in_chans: int = 3,
+                 num_classes: int = 1000, embed_dim: tuple[int, ...] = (48, 96, 192, 384),
+                 depth: tuple[int, ...] = (3, 3, 15, 2), mlp_ratio: float = 2, block_norm: bool = True,
+                 global_pool: str = "avg", distillation: bool = False, drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, act_layer: type[nn.Module] = nn.GELU):  # fmt: skip
+        super().__init__()
+        self.stem = Stem(in_chans, embed_dim[0], act_layer)
+        stages, self.feature_info = [], []
+        in_channels, stride = embed_dim[0], 4
+        for i, (channels, n_blocks) in enumerate(zip(embed_dim, depth, strict=True)):
+            downsample = Downsample(downsample_mixer(in_channels), in_channels, mlp_ratio, act_layer) if i else None
+            blocks = [
+                MetaNeXtBlock(token_mixer(channels, i), channels, mlp_ratio, block_norm, drop_path_rate, act_layer)
+                for _ in range(n_blocks)
+            ]
+            stages.append(MetaNeXtStage(downsample or nn.Identity(), blocks))
+            stride *= 2 if i else 1
+            self.feature_info.append(dict(num_chs=channels, reduction=stride, module=f"stages.{i}"))
+            in_channels = channels
+        self.stages = nn.Sequential(*stages)
+        self.init_head(embed_dim[-1], num_classes, global_pool, distillation, drop_rate)

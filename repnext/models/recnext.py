@@ -58,31 +58,35 @@ class RecConv2d(nn.Module):
 class LinearAttention(nn.Module):
     """Multi-head linear attention with ELU+1 features, plus a depthwise 3x3 positional term on ``v = x``.
 
-    ``form=1`` computes ``q (k^T v)`` (cost linear in the token count, used in stages 0-2);
-    ``form=2`` normalises ``q^T k`` first (quadratic, used in the last stage); upstream's
-    LinearAttention1 and LinearAttention2.
+    ``form=1`` computes ``q (k^T v)`` (cost linear in the token count); ``form=2`` normalises
+    ``q^T k`` first (quadratic); upstream's LinearAttention1 and LinearAttention2. With
+    ``compact_qk`` one ungrouped 1x1 conv gives q and k half the channels each (upstream's
+    LinearAttention3, quadratic); otherwise q and k each see half the input channels at full width.
+    ``bias`` gives the convs biases (RecNeXt T/S/B). ``[B, C, H, W] -> [B, C, H, W]``.
     """
 
-    def __init__(self, channels: int, num_heads: int, form: int = 1):
+    def __init__(self, channels: int, num_heads: int, form: int = 1, compact_qk: bool = False, bias: bool = False):
         super().__init__()
-        if channels % num_heads:
+        if channels % (2 * num_heads if compact_qk else num_heads):
             raise ValueError(f"{channels} channels do not split into {num_heads} heads")
         self.num_heads = num_heads
         self.head_dim = channels // num_heads
-        self.form = form
-        self.qk = ConvNorm(channels, 2 * channels, groups=2)
-        self.pe = ConvNorm(channels, channels, kernel_size=3, padding=1, groups=channels)
+        self.qk_dim = self.head_dim // 2 if compact_qk else self.head_dim
+        self.form = 2 if compact_qk else form
+        qk_channels = channels if compact_qk else 2 * channels
+        self.qk = ConvNorm(channels, qk_channels, groups=1 if compact_qk else 2, bias=bias)
+        self.pe = ConvNorm(channels, channels, kernel_size=3, padding=1, groups=channels, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         n = h * w
         scale = n**-0.5
         qk = F.elu(self.qk(x)) + 1.0
-        q, k = qk.view(b, 2, self.num_heads, self.head_dim, n).unbind(dim=1)  # [b, heads, head_dim, n]
+        q, k = qk.view(b, 2, self.num_heads, self.qk_dim, n).unbind(dim=1)  # [b, heads, qk_dim, n]
         v = x.view(b, self.num_heads, self.head_dim, n).transpose(-1, -2) * scale  # [b, heads, n, head_dim]
-        q_t = q.transpose(-1, -2)  # [b, heads, n, head_dim]
+        q_t = q.transpose(-1, -2)  # [b, heads, n, qk_dim]
         if self.form == 1:
-            kv = (k * scale) @ v  # [b, heads, head_dim, head_dim]
+            kv = (k * scale) @ v  # [b, heads, qk_dim, head_dim]
             out = q_t @ kv / (q_t @ k.mean(dim=-1, keepdim=True) + 1e-6)
         else:
             attn = q_t @ k  # [b, heads, n, n]
@@ -91,16 +95,21 @@ class LinearAttention(nn.Module):
 
 
 class RecAttn2d(nn.Module):
-    """One recursion level with attention: ``conv(x + up(attn(down(x))))``, nearest upsampling."""
+    """One recursion level with attention: ``conv(x + up(attn(down(x))))``, nearest upsampling.
 
-    def __init__(self, channels: int, num_heads: int, stage: int, kernel_size: int = 5, mode: str = "nearest"):
+    ``forms[stage]`` picks the attention form (RecNeXt-A: linear in stages 0-2, quadratic in the last).
+    """
+
+    def __init__(self, channels: int, num_heads: int, stage: int, kernel_size: int = 5, mode: str = "nearest",
+                 forms: Sequence[int] = (1, 1, 1, 2), bias: bool = False):  # fmt: skip
         super().__init__()
         self.mode = mode
+        pad = kernel_size // 2
         self.down = nn.Sequential(
-            ConvNorm(channels, channels, kernel_size, stride=2, padding=kernel_size // 2, groups=channels),
-            LinearAttention(channels, num_heads, form=2 if stage >= 3 else 1),
+            ConvNorm(channels, channels, kernel_size, stride=2, padding=pad, groups=channels, bias=bias),
+            LinearAttention(channels, num_heads, form=forms[stage], bias=bias),
         )
-        self.conv = ConvNorm(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+        self.conv = ConvNorm(channels, channels, kernel_size, padding=pad, groups=channels, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x + F.interpolate(self.down(x), size=x.shape[-2:], mode=self.mode))
@@ -175,17 +184,33 @@ default_cfgs = generate_default_cfgs({
 })  # fmt: skip
 
 
+def distillation_and_tag(kwargs: dict) -> tuple[bool, str]:
+    """Resolve ``distillation`` and the pretrained tag from each other (``name.dist_300e_in1k`` selects both).
+
+    Pops ``distillation`` from ``kwargs``; a tag given by timm (``pretrained_cfg``) that contradicts
+    an explicit ``distillation`` is an error.
+    """
+    tag = kwargs.pop("pretrained_cfg", None)
+    tag_distilled = tag.startswith("dist") if isinstance(tag, str) else None
+    distillation = kwargs.pop("distillation", tag_distilled)
+    if tag_distilled is not None and distillation != tag_distilled:
+        raise ValueError(f"pretrained tag {tag!r} contradicts distillation={distillation}")
+    distillation = bool(distillation)
+    if tag is None:
+        tag = "dist_300e_in1k" if distillation else "base_300e_in1k"
+    return distillation, tag
+
+
 def _create_recnext(name: str, pretrained: bool = False, **kwargs) -> MetaNeXt:
-    """``distillation=True`` selects the distilled weights (tag ``dist``) and disables drop path."""
+    """``distillation=True`` (or the ``dist`` tag) selects the distilled weights and disables drop path."""
     embed_dim, depth, mlp_ratio, drop_path = CONFIGS[name]
-    distillation = kwargs.pop("distillation", False)
+    distillation, pretrained_cfg = distillation_and_tag(kwargs)
     out_indices = kwargs.pop("out_indices", tuple(range(len(depth))))
     args = dict(
         embed_dim=embed_dim, depth=depth, mlp_ratio=mlp_ratio, drop_path_rate=0.0 if distillation else drop_path
     )
-    tag = "dist" if distillation else "base"
     return build_model_with_cfg(
-        RecNeXt if name[0] == "m" else RecNeXtA, f"recnext_{name}.{tag}_300e_in1k", pretrained,
+        RecNeXt if name[0] == "m" else RecNeXtA, f"recnext_{name}", pretrained, pretrained_cfg=pretrained_cfg,
         pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         distillation=distillation, **dict(args, **kwargs),
     )  # fmt: skip

@@ -32,22 +32,25 @@ __all__ = ["RepNeXtU"]
 
 torch.fx.wrap("check_input")  # a leaf for torch.fx in this module too (wrap patches the caller's globals)
 
+KernelSizes = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
 
 class ParallelRepUnit(nn.Module):
-    """Parallel depthwise convs, each followed by BatchNorm, summed (RepUnit of u3 and u2)."""
+    """Three parallel depthwise convs, each followed by BatchNorm, summed (RepUnit of u3 and u2)."""
 
-    def __init__(self, channels: int, kernel_sizes: list[tuple[int, int]]):
+    def __init__(self, channels: int, kernel_sizes: KernelSizes):
         super().__init__()
-        self.n_branches = len(kernel_sizes)
-        for i, kernel_size in enumerate(kernel_sizes, start=1):
-            self.add_module(f"dwconv{i}", dwconv(channels, kernel_size, bias=False))
-            self.add_module(f"norm{i}", nn.BatchNorm2d(channels, eps=1e-6))
+        (k1, k2, k3) = kernel_sizes  # named attributes, as upstream, so TorchScript sees each branch
+        self.dwconv1, self.norm1 = dwconv(channels, k1, bias=False), nn.BatchNorm2d(channels, eps=1e-6)
+        self.dwconv2, self.norm2 = dwconv(channels, k2, bias=False), nn.BatchNorm2d(channels, eps=1e-6)
+        self.dwconv3, self.norm3 = dwconv(channels, k3, bias=False), nn.BatchNorm2d(channels, eps=1e-6)
+        self.n_branches = 3
 
     def branches(self) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-        return [(getattr(self, f"dwconv{i}"), getattr(self, f"norm{i}")) for i in range(1, self.n_branches + 1)]
+        return [(self.dwconv1, self.norm1), (self.dwconv2, self.norm2), (self.dwconv3, self.norm3)]
 
     def forward(self, x: Tensor) -> Tensor:
-        return sum(norm(conv(x)) for conv, norm in self.branches())
+        return self.norm1(self.dwconv1(x)) + self.norm2(self.dwconv2(x)) + self.norm3(self.dwconv3(x))
 
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:
@@ -58,21 +61,21 @@ class ParallelRepUnit(nn.Module):
 class ChunkRepUnit(nn.Module):
     """Depthwise convs on channel thirds, concatenated, then one BatchNorm (RepUnit of u1)."""
 
-    def __init__(self, channels: int, kernel_sizes: list[tuple[int, int]]):
+    def __init__(self, channels: int, kernel_sizes: KernelSizes):
         super().__init__()
-        if channels % len(kernel_sizes):
-            raise ValueError(f"{channels} channels do not split into {len(kernel_sizes)} chunks")
-        self.n_branches = len(kernel_sizes)
-        for i, kernel_size in enumerate(kernel_sizes, start=1):
-            self.add_module(f"dwconv{i}", dwconv(channels // len(kernel_sizes), kernel_size, bias=False))
+        if channels % 3:
+            raise ValueError(f"{channels} channels do not split into 3 chunks")
+        (k1, k2, k3) = kernel_sizes
+        self.dwconv1, self.dwconv2, self.dwconv3 = (dwconv(channels // 3, k, bias=False) for k in (k1, k2, k3))
         self.norm = nn.BatchNorm2d(channels, eps=1e-6)
+        self.n_branches = 3
 
     def convs(self) -> list[nn.Conv2d]:
-        return [getattr(self, f"dwconv{i}") for i in range(1, self.n_branches + 1)]
+        return [self.dwconv1, self.dwconv2, self.dwconv3]
 
     def forward(self, x: Tensor) -> Tensor:
-        chunks = x.chunk(self.n_branches, dim=1)
-        return self.norm(torch.cat([conv(chunks[i]) for i, conv in enumerate(self.convs())], dim=1))
+        x1, x2, x3 = x.chunk(3, dim=1)
+        return self.norm(torch.cat([self.dwconv1(x1), self.dwconv2(x2), self.dwconv3(x3)], dim=1))
 
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:
@@ -159,9 +162,9 @@ class RepNeXtU(nn.Module):
                  dims: tuple[int, ...] = (96, 192, 384, 768), unit: str = "u3", drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, global_pool: str = "avg"):  # fmt: skip
         super().__init__()
-        if global_pool != "avg":
-            raise ValueError(f"RepNeXt-u supports global_pool='avg' only, got {global_pool!r}")
-        self.in_chans, self.num_classes, self.drop_rate = in_chans, num_classes, drop_rate
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self.in_chans, self.num_classes, self.global_pool = in_chans, num_classes, global_pool
         self.num_features = self.head_hidden_size = dims[-1]
         self.downsample_layers = nn.ModuleList([ConvBN(nn.Conv2d(in_chans, dims[0], 4, 4, bias=False), dims[0])])
         for i in range(1, len(dims)):
@@ -172,12 +175,13 @@ class RepNeXtU(nn.Module):
             for dim, stage_rates in zip(dims, rates, strict=True)
         ])  # fmt: skip
         self.feature_info = [dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}") for i, dim in enumerate(dims)]
-        self.head = self._make_head(num_classes)
+        self.head_drop = nn.Dropout(drop_rate)
+        # pool, flatten, classifier at head.0-2 as upstream, whose checkpoints name the classifier head.2
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), self._classifier(num_classes))
         self.apply(self._init_weights)
 
-    def _make_head(self, num_classes: int) -> nn.Sequential:
-        classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(self.drop_rate), classifier)
+    def _classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -188,11 +192,14 @@ class RepNeXtU(nn.Module):
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
-        return self.head[-1]
+        return self.head[2]
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool not in (None, "avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         self.num_classes = num_classes
-        self.head[-1] = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.global_pool = self.global_pool if global_pool is None else global_pool
+        self.head[2] = self._classifier(num_classes)
 
     def forward_intermediates(
         self,
@@ -223,8 +230,11 @@ class RepNeXtU(nn.Module):
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        pooled = self.head[2](self.head[1](self.head[0](x)))
-        return pooled if pre_logits else self.head[3](pooled)
+        """``[B, C, h, w] -> [B, num_classes]``; ``[B, C]`` with ``pre_logits``; unpooled with ``global_pool=''``."""
+        if self.global_pool == "avg":
+            x = self.head[1](self.head[0](x))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head[2](x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
@@ -243,7 +253,7 @@ def _cfg() -> dict:
     return {
         "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
         "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "downsample_layers.0.0", "classifier": "head.3", "license": "mit",
+        "first_conv": "downsample_layers.0.0", "classifier": "head.2", "license": "mit",
     }  # fmt: skip
 
 

@@ -75,8 +75,9 @@ def test_fusion_leaves_source_is_idempotent_and_matches_timm(name):
 def test_forward_backward_and_classifier(name):
     model = timm.create_model(name, num_classes=10, drop_path_rate=0.0).train()
     # 64x64 keeps the last stage at 2x2, so that every tap of every kernel sees the image; RepNeXt-u
-    # (no dilated kernels, no batch norm in its stages) is checked at 32x32 to save time on its large variants
-    side = 32 if family(name) == "repnext_u" else 64
+    # (no dilated kernels, no batch norm in its stages) is checked at 32x32 to save time on its large variants;
+    # RecNeXt T/S/B (stride 64) at 128x128, so that each attention sees more than one token (one gets no q/k gradient)
+    side = {"repnext_u": 32, "recnext_tsb": 128}.get(family(name), 64)
     out = model(torch.randn(2, 3, side, side))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     (out * torch.randn_like(out)).sum().backward()  # a plain sum is constant under a batch-normalised head
