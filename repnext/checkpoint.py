@@ -7,6 +7,7 @@ because ``strict=False`` silently leaves layers at their random initialisation.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import re
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "checkpoint_filter_fn", "load_checkpoint", "read_state_dict"]
+__all__ = ["CheckpointError", "checkpoint_filter_fn", "load_checkpoint", "load_pretrained_file", "read_state_dict"]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema")
 
@@ -44,7 +45,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # timm's train.py saves its argparse.Namespace beside the weights: plain data, safe to rebuild
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as error:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
     return _unwrap(checkpoint, path)
@@ -111,3 +114,21 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     check_state_dict(state, model.state_dict(), source=os.fspath(path))
     model.load_state_dict(state, strict=True)
     return model
+
+
+def load_pretrained_file(model: nn.Module, path: str | os.PathLike) -> None:
+    """timm's ``custom_load`` hook: load a release checkpoint as ``pretrained=True`` would.
+
+    For timm training checkpoints (``.pth.tar`` with ``args``), which timm's own loader refuses under
+    ``weights_only``. As timm does for other weights, a different ``in_chans`` adapts the first conv
+    and a different ``num_classes`` keeps the model's new classifier; every other key loads strictly.
+    """
+    from timm.models._manipulate import adapt_input_conv
+
+    state = checkpoint_filter_fn(read_state_dict(path), model)
+    expected = model.state_dict()
+    first_conv = f"{model.pretrained_cfg['first_conv']}.weight"
+    for key, value in expected.items():
+        if key in state and state[key].shape != value.shape:
+            state[key] = adapt_input_conv(value.shape[1], state[key]) if key == first_conv else value
+    model.load_state_dict(state, strict=True)

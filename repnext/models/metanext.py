@@ -12,6 +12,7 @@ import torch
 from timm.layers import DropPath
 from torch import Tensor, nn
 
+from ..checkpoint import load_pretrained_file
 from ..reparam import bn_scale_shift, conv_from_kernel, fold_output_affine, fuse_bn_conv, reparameterize
 from .layers import DistilledClassifier, Stem, mlp
 
@@ -114,13 +115,18 @@ class DistilledBackbone(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """Called by timm for pretrained cfgs with ``custom_load`` (timm training checkpoints)."""
+        load_pretrained_file(self, checkpoint_path)
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool not in (None, "avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
-        self.head = DistilledClassifier(self.num_features, num_classes, self.distillation)
+        self.head = DistilledClassifier(self.num_features, num_classes, self.distillation).train(self.training)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W] -> [B, num_features, h, w]`` (``h = ceil(H / 32)`` for RepNeXt and RecNeXt M/A)."""

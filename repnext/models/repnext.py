@@ -218,9 +218,14 @@ def _cfg(url: str = "", **kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs(
-    {f"{name}.dist_300e_in1k": _cfg(url=f"{_RELEASE}/{name}_distill_300e.pth") for name in CONFIGS}
-)
+# StarNet's training recipe (timm train.py checkpoints, whose `args` need the custom loader), M0-M2 only.
+_STARNET = {"starnet_300e_in1k": "sz224_4xbs512_ep300", "starnet_dist_300e_in1k": "sz224_4xbs256_ep300_distill"}
+
+default_cfgs = generate_default_cfgs({
+    **{f"{name}.dist_300e_in1k": _cfg(url=f"{_RELEASE}/{name}_distill_300e.pth") for name in CONFIGS},
+    **{f"{name}.{tag}": _cfg(url=f"{_RELEASE}/{name}_{run}.pth.tar", custom_load=True)
+       for name in ("repnext_m0", "repnext_m1", "repnext_m2") for tag, run in _STARNET.items()},
+})  # fmt: skip
 
 
 def _create_repnext(variant: str, pretrained: bool = False, **kwargs) -> RepNeXt:

@@ -1,13 +1,18 @@
-"""Every registered variant, in timm's manner: forward, backward, features, classifier, exact fusion."""
+"""Every registered variant, in timm's manner (timm's tests/test_models.py contract): creation by every
+pretrained tag, default cfgs that match the model, heads and pooling, features, TorchScript and FX of the
+training and fused forms, and exact fusion. Each model is built once per module (``built``/``fused``)."""
 
 import copy
+import functools
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from timm.models import get_arch_pretrained_cfgs
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -15,64 +20,129 @@ import repnext
 from repnext.analysis.equivalence import TOLERANCES, compare_outputs, randomize_batchnorm
 
 MODELS = repnext.list_models()
+TAGGED = [name for model in MODELS for name in get_arch_pretrained_cfgs(model)]
 UPSTREAM = json.loads((Path(__file__).parents[1] / "data" / "upstream_state_dicts.json").read_text())
-FAMILY_EXAMPLES = ["repnext_m0", "recnext_m0", "recnext_a0", "repnext_u1_tiny"]
+FAMILY_EXAMPLES = ["repnext_m0", "recnext_m0", "recnext_a0", "recnext_t_share_channel", "repnext_u1_tiny"]
 # Two sizes per family, one non-square, small enough for the suite's 5-minute budget on two cores; the
 # papers' 224x224 (and 160x192) is checked for every variant by the pipeline's reparam_check stage.
 DEFAULT_SIZES = [(96, 96), (80, 112)]
-SIZES = {"recnext": [(128, 128), (96, 160)], "repnext_u": [(32, 32), (64, 96)]}
+SIZES = {"recnext": [(128, 128), (96, 160)], "recnext_tsb": [(128, 128), (96, 160)], "repnext_u": [(32, 32), (64, 96)]}
 
 
 def family(name: str) -> str:
     return repnext.registry.models_by_family()[name]
 
 
+@functools.cache
+def built(name: str) -> nn.Module:
+    """The variant with random weights and random BatchNorm statistics, in eval; shared, so never modified."""
+    return randomize_batchnorm(timm.create_model(name), seed=7).eval()
+
+
+@functools.cache
+def fused(name: str) -> nn.Module:
+    return repnext.reparameterize(built(name))
+
+
 def test_registry_is_complete():
     assert len([m for m in MODELS if m.startswith("repnext_m")]) == 6
-    assert len([m for m in MODELS if m.startswith("recnext_")]) == 12
+    assert len([m for m in MODELS if m.startswith("recnext_")]) == 18
+    assert {"recnext_t", "recnext_s", "recnext_b"} <= set(MODELS)
+    assert {f"recnext_{s}_share_channel" for s in "tsb"} <= set(MODELS)
     assert {"repnext_u3_tiny", "repnext_u3_small", "repnext_u3_base"} <= set(MODELS)
     assert set(MODELS) <= set(timm.list_models())
+    assert len([t for t in TAGGED if t.startswith("recnext_")]) == 36
+    assert len([t for t in TAGGED if ".starnet" in t]) == 6
 
 
 @pytest.mark.parametrize("name", sorted(UPSTREAM))
 def test_state_dict_names_and_shapes_match_upstream(name):
-    state = timm.create_model(name).state_dict()
+    state = built(name).state_dict()
     text = "\n".join(f"{k} {list(v.shape)}" for k, v in state.items())
     assert len(state) == UPSTREAM[name]["keys"]
     assert hashlib.sha256(text.encode()).hexdigest() == UPSTREAM[name]["sha256"]
 
 
+@pytest.mark.parametrize("tagged", TAGGED)
+def test_created_by_pretrained_tag_headless_and_unpooled(tagged):
+    """``name.tag`` selects that cfg (and, for RecNeXt, the distillation it names); num_classes=0, global_pool=''."""
+    model = timm.create_model(tagged, num_classes=0, global_pool="").eval()
+    name, _, tag = tagged.partition(".")
+    assert model.pretrained_cfg.get("tag", "") == tag and model.pretrained_cfg["architecture"] == name
+    if name.startswith("recnext_"):
+        assert model.distillation == tag.startswith("dist")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+    assert out.dim() == 4 and out.shape[1] == model.num_features
+    assert torch.equal(out, model.forward_features(x))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_default_cfg_matches_model(name):
+    model, cfg = built(name), built(name).pretrained_cfg
+    state = model.state_dict()
+    x = torch.randn(1, *cfg["input_size"])
+    with torch.no_grad():
+        features = model.forward_features(x)
+        pre_logits = model.forward_head(features, pre_logits=True)
+        logits = model.forward_head(features)
+    assert features.shape[1:] == (model.num_features, *cfg["pool_size"])
+    assert pre_logits.shape == (1, model.num_features) and logits.shape == (1, cfg["num_classes"])
+    assert state[f"{cfg['first_conv']}.weight"].shape[1] == cfg["input_size"][0]
+    classifiers = (cfg["classifier"],) if isinstance(cfg["classifier"], str) else cfg["classifier"]
+    for classifier in classifiers:
+        assert state[f"{classifier}.weight"].shape[0] == cfg["num_classes"] == model.num_classes
+    data = timm.data.resolve_model_data_config(model)
+    assert data["input_size"] == cfg["input_size"] and data["crop_pct"] == cfg["crop_pct"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_reset_classifier(name):
+    model = copy.deepcopy(built(name))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        model.reset_classifier(7)
+        assert model(x).shape == (1, 7) and model.get_classifier() is not None
+        model.reset_classifier(0)
+        assert model(x).shape == (1, model.num_features)
+        model.reset_classifier(0, "")
+        assert torch.equal(model(x), features)
+    with pytest.raises(ValueError, match="global_pool must be 'avg' or ''"):
+        model.reset_classifier(0, "max")
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_fusion_is_exact_and_complete(name):
-    model = randomize_batchnorm(timm.create_model(name), seed=7).eval()
+    model = built(name)
     forms = [False, True] if repnext.reparam.has_single_branch_form(model) else [False]
     for dtype in (torch.float64, torch.float32):  # fused in each dtype: fusion arithmetic is part of the test
         source = copy.deepcopy(model).to(dtype)
         for single_branch in forms:
-            fused = repnext.reparameterize(source, single_branch=single_branch)
-            assert not any(isinstance(m, _BatchNorm) for m in fused.modules())
+            form = repnext.reparameterize(source, single_branch=single_branch)
+            assert not any(isinstance(m, _BatchNorm) for m in form.modules())
             for size in SIZES.get(family(name), DEFAULT_SIZES):
                 inputs = torch.randn(1, 3, *size, dtype=dtype)  # batch 1: BatchNorm runs in eval, per sample
                 with torch.no_grad():
-                    agreement = compare_outputs(source(inputs), fused(inputs))
+                    agreement = compare_outputs(source(inputs), form(inputs))
                 assert agreement.max_rel <= TOLERANCES[str(dtype)[6:]], (dtype, size, single_branch, agreement)
 
 
 @pytest.mark.parametrize("name", FAMILY_EXAMPLES)
 def test_fusion_leaves_source_is_idempotent_and_matches_timm(name):
-    model = randomize_batchnorm(timm.create_model(name), seed=7).eval()
-    fused = repnext.reparameterize(model)
+    model = built(name)
     assert any(isinstance(m, _BatchNorm) for m in model.modules()), "inplace=False must not touch the source"
     via_timm = timm.utils.reparameterize_model(model)
-    again = repnext.reparameterize(fused)
-    assert str(fused) == str(via_timm) == str(again)
+    again = repnext.reparameterize(fused(name))
+    assert str(fused(name)) == str(via_timm) == str(again)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(fused(x), via_timm(x)) and torch.equal(fused(x), again(x))
+        assert torch.equal(fused(name)(x), via_timm(x)) and torch.equal(fused(name)(x), again(x))
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_forward_backward_and_classifier(name):
+def test_forward_backward(name):
     model = timm.create_model(name, num_classes=10, drop_path_rate=0.0).train()
     # 64x64 keeps the last stage at 2x2, so that every tap of every kernel sees the image; RepNeXt-u
     # (no dilated kernels, no batch norm in its stages) is checked at 32x32 to save time on its large variants;
@@ -83,35 +153,50 @@ def test_forward_backward_and_classifier(name):
     (out * torch.randn_like(out)).sum().backward()  # a plain sum is constant under a batch-normalised head
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing[:5]
-    model.eval()
-    x = torch.randn(2, 3, side, side)
-    features = model.forward_head(model.forward_features(x), pre_logits=True)
-    assert features.shape == (2, model.num_features)
-    model.reset_classifier(7)
-    assert model(x).shape == (2, 7)
-    model.reset_classifier(0)
-    assert model(x).shape == (2, model.num_features)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_features_only(name):
     model = timm.create_model(name, features_only=True, out_indices=(1, 3)).eval()
+    info = built(name).feature_info
     features = model(torch.randn(1, 3, 32, 64))
-    assert [f.shape[1] for f in features] == model.feature_info.channels()
-    assert model.feature_info.reduction() == [8, 32]
-    assert [tuple(f.shape[-2:]) for f in features] == [(4, 8), (1, 2)]
+    assert [f.shape[1] for f in features] == model.feature_info.channels() == [info[1]["num_chs"], info[3]["num_chs"]]
+    reductions = model.feature_info.reduction()
+    assert reductions == [info[1]["reduction"], info[3]["reduction"]]
+    assert [tuple(f.shape[-2:]) for f in features] == [(math.ceil(32 / r), math.ceil(64 / r)) for r in reductions]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_torchscript_training_and_fused_forms(name):
+    x = torch.randn(1, 3, 64, 64)
+    for form in (built(name), fused(name)):
+        scripted = torch.jit.script(form)
+        with torch.no_grad():
+            expected = form(x)
+            assert compare_outputs(scripted(x), expected).max_rel <= TOLERANCES["float32"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fx_trace_and_feature_extractor(name):
+    x = torch.randn(1, 3, 64, 64)
+    for form in (built(name), fused(name)):
+        graph = torch.fx.symbolic_trace(form)
+        with torch.no_grad():
+            assert torch.allclose(graph(x), form(x), atol=1e-5)
+    nodes = timm.models.get_graph_node_names(built(name))[1]
+    extractor = timm.models.create_feature_extractor(built(name), return_nodes={nodes[-1]: "out"})
+    with torch.no_grad():
+        assert torch.allclose(extractor(x)["out"], built(name)(x), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", FAMILY_EXAMPLES)
-def test_fused_torchscript_and_state_dict_roundtrip(name, tmp_path):
-    model = randomize_batchnorm(timm.create_model(name)).eval()
-    fused = repnext.reparameterize(model)
+def test_fused_torchscript_file_and_state_dict_roundtrip(name, tmp_path):
     x = torch.randn(2, 3, 96, 64)
     with torch.no_grad():
-        expected = fused(x)
-        torch.jit.save(torch.jit.script(fused), tmp_path / "fused.pt")
+        expected = fused(name)(x)
+        torch.jit.save(torch.jit.script(fused(name)), tmp_path / "fused.pt")
         assert torch.allclose(torch.jit.load(tmp_path / "fused.pt")(x), expected, atol=1e-5)
-        torch.save(fused.state_dict(), tmp_path / "fused.pth")
+        torch.save(fused(name).state_dict(), tmp_path / "fused.pth")
         skeleton = repnext.reparameterize(timm.create_model(name).eval())
         skeleton.load_state_dict(torch.load(tmp_path / "fused.pth"), strict=True)
         assert torch.equal(skeleton(x), expected)
@@ -119,17 +204,6 @@ def test_fused_torchscript_and_state_dict_roundtrip(name, tmp_path):
 
 @pytest.mark.parametrize("name", FAMILY_EXAMPLES)
 def test_wrong_input_channels_fail_before_compute(name):
-    model = timm.create_model(name).eval()
     with pytest.raises(ValueError, match=r"expected input of shape \[B, 3, H, W\], got \[1, 1, 64, 64\]"):
-        model(torch.randn(1, 1, 64, 64))
+        built(name)(torch.randn(1, 1, 64, 64))
     assert timm.create_model(name, in_chans=1).eval()(torch.randn(1, 1, 64, 64)).shape == (1, 1000)
-
-
-@pytest.mark.parametrize("name", FAMILY_EXAMPLES)
-def test_fused_model_is_traceable(name):
-    fused = repnext.reparameterize(timm.create_model(name).eval())
-    graph = torch.fx.symbolic_trace(fused)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(graph(x), fused(x))
-    assert isinstance(graph, nn.Module)
