@@ -30,11 +30,21 @@ _STYLE = {  # family -> (colour, marker); ours drawn last and on top
     "MobileViG": ("#0c5da5", "*"), "FastViT": ("#00b945", "p"), "EfficientFormerV2": ("#5580b0", "H"),
     "EfficientFormer": ("#17becf", "P"), "SwiftFormer": ("#2ca02c", "X"), "RepViT": ("#377e7f", "o"),
     "MobileOne": ("#bcbd22", "x"), "StarNet": ("#333333", "."), "RecNeXt-M": ("#9467bd", "D"),
-    "RecNeXt-A": ("#ff7f0e", "v"), "RepNeXt": ("#d62728", "s"),
+    "RecNeXt-A": ("#ff7f0e", "v"), "RecNeXt-TSB": ("#8c564b", "^"), "RecNeXt-TSB shared": ("#e377c2", "<"),
+    "RepNeXt": ("#d62728", "s"),
 }  # fmt: skip
 
 
-_OURS = ("RepNeXt", "RecNeXt-M", "RecNeXt-A")
+_OURS = ("RepNeXt", "RecNeXt-M", "RecNeXt-A", "RecNeXt-TSB", "RecNeXt-TSB shared")
+
+
+def recnext_family(model: str) -> tuple[str, str]:
+    """``(family, variant)`` of a RecNeXt model as the figures name them: ``recnext_t_share_channel`` ->
+    ``("RecNeXt-TSB shared", "T")``, ``recnext_a4`` -> ``("RecNeXt-A", "A4")``."""
+    size = model.removeprefix("recnext_")
+    if size[0] in "tsb" and not size[1:2].isdigit():
+        return ("RecNeXt-TSB shared" if size.endswith("_share_channel") else "RecNeXt-TSB"), size[0].upper()
+    return f"RecNeXt-{size[0].upper()}", size.upper()
 
 
 def published_accuracy_latency() -> pd.DataFrame:
@@ -46,14 +56,14 @@ def published_accuracy_latency() -> pd.DataFrame:
 
 
 def published_recnext() -> pd.DataFrame:
-    """RecNeXt M and A rows of ``published_results.csv`` in the same long form (one row per distillation)."""
+    """RecNeXt rows of ``published_results.csv`` in the same long form (one row per distillation)."""
     rows = []
     for row in published_results():
-        if row["family"] != "recnext":
+        if not row["model"].startswith("recnext_"):
             continue
-        family = f"RecNeXt-{row['model'][8].upper()}"
+        family, variant = recnext_family(row["model"])
         for distillation, column in ((False, "top1"), (True, "top1_distill")):
-            rows.append(dict(model=row["model"], family=family, variant=row["model"][8:].upper(),
+            rows.append(dict(model=row["model"], family=family, variant=variant,
                              distillation=distillation, top1=float(row[column]), params_m=float(row["params_m"]),
                              macs_g=float(row["macs_g"]), latency_ms=float(row["latency_ms"]),
                              device=row["latency_device"], timm_model=row["model"], source=row["source"]))  # fmt: skip
@@ -63,7 +73,7 @@ def published_recnext() -> pd.DataFrame:
 def _family(model: str, peers: dict[str, str]) -> str:
     """The family name the figures use: ``RecNeXt-M``, ``RepNeXt``, a peer's published family, or the prefix."""
     if model.startswith("recnext_"):
-        return f"RecNeXt-{model[8].upper()}"
+        return recnext_family(model)[0]
     if model.startswith("repnext_m"):
         return "RepNeXt"
     return peers.get(model, model.split("_")[0])

@@ -13,6 +13,8 @@ of every family add up (or concatenate) to the mixer's output exactly:
   the upsampled half-resolution attention), summed.
 * RepNeXt-u ``ParallelRepUnit`` (u2, u3): ``dwconv1`` ... summed; ``ChunkRepUnit`` (u1): channel thirds,
   each with its slice of the shared BatchNorm, concatenated.
+* RecNeXt T/S/B ``PartialChannelMixer``: ``mixed`` (the attention on the first quarter of the channels)
+  and ``untouched`` (the other channels as they came from the RepVGG-style mixer), concatenated.
 
 The re-parameterized mixer (:func:`repnext.reparameterize`, single-branch form where there is one) is
 run on the same input, and the largest differences are reported. Figures are written with
@@ -43,6 +45,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import load_checkpoint, read_state_dict
 from ..models.recnext import RecAttn2d, RecConv2d
+from ..models.recnext_tsb import PartialChannelMixer
 from ..models.repnext import ChunkConv
 from ..models.repnext_u import ChunkRepUnit, ParallelRepUnit
 from ..plotting import save_figure, use_style
@@ -401,6 +404,10 @@ def _chunk_unit_split(unit: ChunkRepUnit, x: Tensor, outputs: dict[str, list[Ten
     }
 
 
+def _partial_labels(mixer: PartialChannelMixer) -> dict[str, str]:
+    return {"mixed": f"{type(mixer.attn).__name__}, first {mixer.part} ch", "untouched": "identity, other ch"}
+
+
 FAMILIES: dict[type[nn.Module], _Family] = {
     ChunkConv: _Family(
         "concat",
@@ -426,6 +433,12 @@ FAMILIES: dict[type[nn.Module], _Family] = {
         _chunk_unit_labels,
         lambda m: {f"dwconv{i}": conv for i, conv in enumerate(m.convs(), start=1)},
         _chunk_unit_split,
+    ),
+    PartialChannelMixer: _Family(
+        "concat",
+        _partial_labels,
+        lambda m: {"mixed": m.attn},
+        lambda m, x, outputs: {"mixed": outputs["mixed"][0], "untouched": x[:, m.part :]},
     ),
 }
 

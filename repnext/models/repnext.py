@@ -218,12 +218,13 @@ def _cfg(url: str = "", **kwargs) -> dict:
     }
 
 
-# StarNet's training recipe (timm train.py checkpoints, whose `args` need the custom loader), M0-M2 only.
+# StarNet's training recipe (timm train.py checkpoints, whose `args` need the custom loader), M0-M2 only;
+# evaluated at crop_pct 0.9 (the upstream README's evaluation command and the runs' args.yaml).
 _STARNET = {"starnet_300e_in1k": "sz224_4xbs512_ep300", "starnet_dist_300e_in1k": "sz224_4xbs256_ep300_distill"}
 
 default_cfgs = generate_default_cfgs({
     **{f"{name}.dist_300e_in1k": _cfg(url=f"{_RELEASE}/{name}_distill_300e.pth") for name in CONFIGS},
-    **{f"{name}.{tag}": _cfg(url=f"{_RELEASE}/{name}_{run}.pth.tar", custom_load=True)
+    **{f"{name}.{tag}": _cfg(url=f"{_RELEASE}/{name}_{run}.pth.tar", crop_pct=0.9, custom_load=True)
        for name in ("repnext_m0", "repnext_m1", "repnext_m2") for tag, run in _STARNET.items()},
 })  # fmt: skip
 

@@ -35,6 +35,7 @@ FAMILIES = [
     ("recnext_m0", 0, 1, ["level0", "level1", "level2", "level3", "level4"]),
     ("recnext_a0", 1, 1, ["level0", "level1"]),
     ("repnext_u1_tiny", 0, 1, ["dwconv1", "dwconv2", "dwconv3"]),
+    ("recnext_t", 1, 1, ["mixed", "untouched"]),
 ]
 
 
@@ -75,10 +76,11 @@ def test_hooks_capture_the_true_block_input_and_branches_rebuild_the_mixer(name,
         model(image)
     handle.remove()
     capture = capture_branches(model, image, stage, block)
-    assert torch.equal(capture.block_input, seen[0]) and torch.equal(capture.mixer_input, seen[0])
-    mixer = features.find_block(model, stage, block)[1]
-    with torch.no_grad():
-        assert torch.equal(capture.mixer_output, mixer(seen[0]))
+    block_module, mixer = features.find_block(model, stage, block)
+    with torch.no_grad():  # RecNeXt T/S/B blocks run their RepVGG-style mixer before the token mixer
+        mixer_input = block_module.rep_mixer(seen[0]) if hasattr(block_module, "rep_mixer") else seen[0]
+        assert torch.equal(capture.block_input, seen[0]) and torch.equal(capture.mixer_input, mixer_input)
+        assert torch.equal(capture.mixer_output, mixer(mixer_input))
         assert torch.equal(capture.logits, model(image))
     assert list(capture.branches) == branches == list(capture.labels)
     height, width = seen[0].shape[-2:]

@@ -1,5 +1,7 @@
 """RepNeXt M0-M5: timm integration, exact re-parameterization, upstream-compatible checkpoints."""
 
+import argparse
+
 import pytest
 import timm
 import torch
@@ -131,6 +133,39 @@ def test_upstream_checkpoint_loads_strictly(tmp_path):
     assert torch.equal(headless.stem.stem[0].conv.weight, source.stem.stem[0].conv.weight)
     finetune = timm.create_model("repnext_m1", pretrained=True, num_classes=10, pretrained_cfg_overlay=overlay)
     assert finetune.head.head.linear.out_features == 10
+
+
+@pytest.mark.parametrize("tag, run", [("starnet_300e_in1k", "sz224_4xbs512_ep300"),
+                                      ("starnet_dist_300e_in1k", "sz224_4xbs256_ep300_distill")])  # fmt: skip
+def test_starnet_recipe_tags(tag, run):
+    for name in ("repnext_m0", "repnext_m1", "repnext_m2"):
+        cfg = timm.create_model(f"{name}.{tag}").pretrained_cfg
+        assert cfg["url"] == f"https://github.com/suous/RepNeXt/releases/download/v1.0/{name}_{run}.pth.tar"
+        assert cfg["crop_pct"] == 0.9 and cfg["custom_load"]
+    with pytest.raises(RuntimeError, match="Invalid pretrained tag"):
+        timm.create_model(f"repnext_m3.{tag}")
+
+
+def test_timm_training_checkpoint_loads_strictly(tmp_path):
+    """timm's train.py writes ``state_dict`` beside its argparse ``args``; it loads under ``weights_only``."""
+    source = randomize_batchnorm(timm.create_model("repnext_m0"), seed=4).eval()
+    path = tmp_path / "repnext_m0_sz224_4xbs512_ep300.pth.tar"
+    args = argparse.Namespace(model="repnext_m0", crop_pct=0.9, distillation_type="none")
+    torch.save({"epoch": 299, "arch": "repnext_m0", "state_dict": source.state_dict(), "args": args}, path)
+    overlay = dict(file=str(path))
+    model = timm.create_model("repnext_m0.starnet_300e_in1k", pretrained=True, pretrained_cfg_overlay=overlay)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), source(x))
+    finetune = timm.create_model("repnext_m0.starnet_300e_in1k", pretrained=True, num_classes=10, in_chans=1,
+                                 pretrained_cfg_overlay=overlay)  # fmt: skip
+    assert finetune.head.head.linear.out_features == 10
+    assert torch.allclose(finetune.stem.stem[0].conv.weight[:, 0], source.stem.stem[0].conv.weight.sum(1))
+    assert torch.equal(finetune.stages[2].blocks[0].token_mixer.conv_s.conv_3_3.weight,
+                       source.stages[2].blocks[0].token_mixer.conv_s.conv_3_3.weight)  # fmt: skip
+    torch.save({"state_dict": timm.create_model("repnext_m1").state_dict(), "args": args}, path)
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        timm.create_model("repnext_m0.starnet_300e_in1k", pretrained=True, pretrained_cfg_overlay=overlay)
 
 
 def test_checkpoint_of_another_variant_is_refused(tmp_path):

@@ -28,8 +28,12 @@ def test_fused_graph_has_no_residual_add(name):
 
 
 def test_upstream_checkpoint_with_unused_inference_conv(tmp_path):
+    """Upstream's layout: classifier ``head.2`` (pool, flatten, linear), plus an unused ``feature.conv_repara``."""
     source = randomize_batchnorm(timm.create_model("repnext_u3_tiny")).eval()
-    state = source.state_dict()
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
+    state["head.2.weight"], state["head.2.bias"] = torch.randn(1000, 768), torch.randn(1000)
+    source.head[2].load_state_dict({"weight": state["head.2.weight"], "bias": state["head.2.bias"]})
+    assert source.pretrained_cfg["classifier"] == "head.2"
     for key in [k for k in state if k.endswith("feature.norm1.weight")]:
         prefix = key.removesuffix("norm1.weight")
         state[prefix + "conv_repara.weight"] = torch.randn(96, 1, 7, 7)
