@@ -4,7 +4,9 @@
 ``$$...$$`` display, never inside code) to MathML at build time with latex2mathml, which browsers render
 natively, then exports the notebook with nbconvert's ``lab`` template stripped of every script (MathJax,
 require.js, widgets, mermaid). Images are embedded as data URIs, so the page loads with no network and
-is byte-identical for the same notebook. :func:`check_page` opens the page in headless Chromium.
+is byte-identical for the same notebook. Papermill's injected-parameters cell is left out, and the code of
+cells tagged ``parameters`` or ``setup`` folds behind a "show code" ``<details>`` toggle (no JavaScript), so
+the page opens with prose. :func:`check_page` opens the page in headless Chromium.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block input_group -%}
+{%- if cell.metadata.get("tags", []) | select("in", ["parameters", "setup"]) | list -%}
+<details class="repnext-fold"><summary>show code</summary>
+{{ super() }}
+</details>
+{%- else -%}
+{{ super() }}
+{%- endif -%}
+{%- endblock input_group -%}
 """
 
 # Markdown pieces in the order they must be recognised: code first, so that a `$` inside code is left alone.
@@ -107,6 +118,7 @@ def render_notebook_html(executed_ipynb: str | os.PathLike, html_path: str | os.
     import jinja2
     import nbformat
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
     source = Path(executed_ipynb)
     try:
@@ -129,6 +141,8 @@ def render_notebook_html(executed_ipynb: str | os.PathLike, html_path: str | os.
         template_file=_TEMPLATE_NAME,
         embed_images=True,
     )
+    # papermill's copy of the parameters repeats the parameters cell; the executed notebook keeps it
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_cell_tags={"injected-parameters"}), enabled=True)
     html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
     html = _insert_math(html, mathml, str(source))
     problems = page_problems(html, expect_math=bool(mathml), expect_checks=False)

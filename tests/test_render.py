@@ -71,6 +71,20 @@ def test_rendered_page_is_offline_typeset_and_deterministic(page, tmp_path):
     assert again.read_bytes() == page.read_bytes()
 
 
+def test_injected_parameters_are_left_out_and_setup_code_folds(tmp_path):
+    nb = notebook()
+    tagged = [("parameters", "seed = 0"), ("injected-parameters", "# Parameters\nseed = 1"), ("setup", "import os")]
+    cells = [nbformat.v4.new_code_cell(code, id=tag, metadata={"tags": [tag]}) for tag, code in tagged]
+    nb.cells = [nb.cells[0], *cells, nb.cells[1]]
+    nbformat.write(nb, tmp_path / "executed.ipynb")
+    html = render_notebook_html(tmp_path / "executed.ipynb", tmp_path / "page.html").read_text(encoding="utf-8")
+    assert "seed = 1" not in html and "# Parameters" not in html
+    folds = html.split('<details class="repnext-fold"><summary>show code</summary>')
+    assert len(folds) == 3 and "seed" in folds[1].split("</details>")[0] and "os" in folds[2].split("</details>")[0]
+    assert "print" not in "".join(fold.split("</details>")[0] for fold in folds[1:])  # other code stays open
+    assert page_problems(html) == []
+
+
 def test_math_in_code_is_left_alone_and_bad_math_names_the_cell():
     found: list[str] = []
     assert extract_math("`$a$` and ``$b$`` and $c$", "nb: cell 0", found) == "`$a$` and ``$b$`` and REPNEXTMATH000000Z"
