@@ -101,6 +101,7 @@ class TrainConfig:
     crop_pct: float = 0.875
     model_kwargs: dict = field(default_factory=dict)
     checkpoint_dir: str | None = None
+    checkpoints: bool = True  # False: log.txt only (runs whose weights nothing uses; no --resume)
     resume: str | None = None
     seed: int = 0
     workers: int = 0
@@ -174,6 +175,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too")
+    parser.add_argument(
+        "--no-checkpoints",
+        dest="checkpoints",
+        action="store_false",
+        help="write log.txt only: no checkpoint.pth or best.pth (the run cannot be resumed)",
+    )
     parser.add_argument(
         "--no-verify-images",
         dest="verify_images",
@@ -386,9 +393,11 @@ def _save(path: Path, state: dict) -> None:
         torch.save(state, file)  # a file object, so the archive's inner folder is not named after the temp file
 
 
-def _save_epoch(log: Path, rows: Sequence[dict], checkpoint_dir: Path, checkpoint: dict, best: bool) -> None:
+def _save_epoch(log: Path, rows: Sequence[dict], checkpoint_dir: Path | None, checkpoint: dict, best: bool) -> None:
     """Log first, checkpoint last: a crash in between makes ``--resume`` redo this epoch, never skip it."""
     _write_log(log, rows)
+    if checkpoint_dir is None:
+        return
     if best:
         _save(checkpoint_dir / "best.pth", checkpoint)
     _save(checkpoint_dir / "checkpoint.pth", checkpoint)
@@ -511,6 +520,7 @@ def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:
         except KeyboardInterrupt:
             if main_process:
                 hint = f"resume with --resume {checkpoint_dir / 'checkpoint.pth'}" if epoch else "no epoch completed"
+                hint = hint if config.checkpoints else "no checkpoints were written (--no-checkpoints)"
                 print(f"repnext train: interrupted in epoch {epoch}; {hint}", file=sys.stderr)
             raise
         values = (stats["lr"], stats["loss"], test["loss"], test["acc1"], test["acc5"], epoch, n_parameters)
@@ -529,7 +539,7 @@ def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:
             }
             if scaler is not None:
                 checkpoint["scaler"] = scaler.state_dict()
-            _save_epoch(out / "log.txt", rows, checkpoint_dir, checkpoint, best)
+            _save_epoch(out / "log.txt", rows, checkpoint_dir if config.checkpoints else None, checkpoint, best)
             print(
                 f"{desc}: train_loss {stats['loss']:.4f}  test_loss {test['loss']:.4f}  "
                 f"test_acc1 {test['acc1']:.2f}  test_acc5 {test['acc5']:.2f}  max {max_accuracy:.2f}",

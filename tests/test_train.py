@@ -115,6 +115,9 @@ def test_seeded_runs_are_identical_and_the_seed_matters(folder, reference, tmp_p
     train(_config(folder, tmp_path / "again"))
     assert (tmp_path / "again" / "log.txt").read_bytes() == (out / "log.txt").read_bytes()
     _assert_same_weights(_weights(tmp_path / "again" / "checkpoint.pth"), _weights(out / "checkpoint.pth"))
+    train(_config(folder, tmp_path / "log_only", checkpoints=False))
+    assert [p.name for p in (tmp_path / "log_only").iterdir()] == ["log.txt"]
+    assert (tmp_path / "log_only" / "log.txt").read_bytes() == (out / "log.txt").read_bytes()
     other = train(_config(folder, tmp_path / "seed1", seed=1, epochs=1))
     assert other[0]["train_loss"] != json.loads((out / "log.txt").read_text().splitlines()[0])["train_loss"]
 
@@ -230,9 +233,12 @@ def test_command_line_options_and_model_kwargs():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["recnext_m0", "--data", "builtin:photos", "--out", "logs/x", "--epochs", "3",
-                              "--model-kwargs", "mode=nearest", "levels=0,0,0,0", "--no-amp"])  # fmt: skip
+                              "--model-kwargs", "mode=nearest", "levels=0,0,0,0", "--no-amp",
+                              "--no-checkpoints"])  # fmt: skip
     config = config_from_args(args)
     assert (config.model, config.data, config.epochs, config.amp) == ("recnext_m0", "builtin:photos", 3, False)
+    assert not config.checkpoints
+    assert config_from_args(parser.parse_args(["m", "--data", "d", "--out", "o"])).checkpoints
     assert config.model_kwargs == {"mode": "nearest", "levels": (0, 0, 0, 0)}
     assert parse_model_kwargs(["single_branch=True", "kernel_size=7"]) == {"single_branch": True, "kernel_size": 7}
     with pytest.raises(ValueError, match="--model-kwargs: expected KEY=VALUE, got 'nearest'"):
