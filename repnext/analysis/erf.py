@@ -44,6 +44,7 @@ __all__ = [
     "mixer_erfs",
     "model_erfs",
     "photo_inputs",
+    "same_depthwise",
     "stage_forward",
     "support_side",
 ]
@@ -183,7 +184,7 @@ class Erf:
     reach: int | None = None
 
 
-def _same_depthwise(channels: int, kernel_size: int) -> nn.Module:
+def same_depthwise(channels: int, kernel_size: int) -> nn.Module:
     """A depthwise ``K x K`` conv keeping the input size, also for even ``K`` (padding one more after)."""
     if kernel_size % 2:
         return dwconv(channels, kernel_size, bias=False)
@@ -215,7 +216,7 @@ def mixer_erfs(kernel_size: int = 5, levels: Sequence[int] = (0, 1, 2, 3, 4), ch
                 continue
             mixers.append((f"RecConv l={level} ({kernel_size}x{kernel_size})", reach,
                            RecConv2d(channels, kernel_size, level=level)))  # fmt: skip
-            mixers.append((f"dw {reach}x{reach}", reach, _same_depthwise(channels, reach)))
+            mixers.append((f"dw {reach}x{reach}", reach, same_depthwise(channels, reach)))
         mixers.append(("ChunkConv (RepNeXt)", 11, ChunkConv(channels)))
     return [Erf(name, "mixer", "random", erf_map(m.eval(), x), reach) for name, reach, m in mixers]
 
