@@ -17,8 +17,10 @@ scikit-image's photographs (:func:`photo_inputs`).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -235,9 +237,15 @@ def model_erfs(specs: Sequence[tuple[str, str | None]], stage: int = 3, size: in
     for name, weights in specs:
         model, described = load_weights(name, weights, seed=seed)
         model.requires_grad_(False)
-        label = "random" if not described.trained else described.description.removeprefix("weights from ")
+        label = "random" if not described.trained else _weights_label(weights)
         results.append(Erf(name, f"stage {stage}", label, erf_map(stage_forward(model, stage), inputs)))
     return results
+
+
+def _weights_label(weights: str | os.PathLike) -> str:
+    """A checkpoint's run folder (``.../NAME/best.pth`` -> ``NAME``), else the weights spec itself."""
+    path = Path(os.fspath(weights))
+    return path.parent.name if path.is_file() and path.parent.name else os.fspath(weights)
 
 
 def erf_table(erfs: Sequence[Erf], thresholds: Sequence[float] = THRESHOLDS) -> Table:
