@@ -32,6 +32,7 @@ usable records still gets a row in :func:`summarize`.
 from .base import (
     CURVE_METRICS,
     DEFAULT_PATTERNS,
+    DOWNSTREAM_METRICS,
     LOG_FORMATS,
     PLOT_METRICS,
     SUMMARY_COLUMNS,
@@ -41,11 +42,12 @@ from .base import (
     run_name,
 )
 from .reader import assign_groups, compile_group_by, detect_format, find_logs, read_log, read_logs
-from .summary import curves, layout, plot_curves, run_metrics, summarize
+from .summary import best_and_last, curves, downstream_metrics, layout, plot_curves, run_metrics, summarize
 
 __all__ = [
     "CURVE_METRICS",
     "DEFAULT_PATTERNS",
+    "DOWNSTREAM_METRICS",
     "LOG_FORMATS",
     "PLOT_METRICS",
     "SUMMARY_COLUMNS",
@@ -53,9 +55,11 @@ __all__ = [
     "LogWarning",
     "RunLog",
     "assign_groups",
+    "best_and_last",
     "compile_group_by",
     "curves",
     "detect_format",
+    "downstream_metrics",
     "find_logs",
     "layout",
     "plot_curves",

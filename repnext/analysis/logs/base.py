@@ -15,14 +15,29 @@ LOG_FORMATS = ("deit", "timm", "mmdet", "mmseg")
 DEFAULT_PATTERNS = ("**/*.txt", "**/*summary.csv", "**/*.json")
 SUMMARY_COLUMNS = (
     "run", "format", "epochs", "iters", "best_top1", "best_epoch", "last_top1", "best_top5", "n_parameters",
-    "box_ap", "mask_ap", "miou", "warnings", "path",
+    "best_ema_top1", "best_ema_epoch", "last_ema_top1", "best_ema_top5",
+    "box_ap", "best_box_ap", "best_box_ap_at", "mask_ap", "best_mask_ap", "best_mask_ap_at",
+    "miou", "best_miou", "best_miou_at", "warnings", "path",
 )  # fmt: skip
+# Detection and segmentation metrics by their summary names: the MMCV record key each one is read from.
+DOWNSTREAM_METRICS = {
+    "box_ap": "bbox_mAP", "box_ap50": "bbox_mAP_50", "box_ap75": "bbox_mAP_75",
+    "mask_ap": "segm_mAP", "mask_ap50": "segm_mAP_50", "mask_ap75": "segm_mAP_75",
+    "miou": "mIoU", "aacc": "aAcc", "macc": "mAcc",
+}  # fmt: skip
 CURVE_METRICS = ("top1", "top5", "train_loss", "eval_loss", "bbox_mAP", "segm_mAP", "mIoU")
 PLOT_METRICS = ("top1", "train_loss", "eval_loss")
 
 # Shown only when some run has a value: classification tables need no detection columns and vice versa.
-_OPTIONAL_COLUMNS = frozenset({"iters", "box_ap", "mask_ap", "miou"})
-_FLOATS = {"best_top1": ".2f", "last_top1": ".2f", "best_top5": ".2f", "box_ap": ".1f", "mask_ap": ".1f", "miou": ".1f"}
+_OPTIONAL_COLUMNS = frozenset(
+    {"iters", "best_ema_top1", "best_ema_epoch", "last_ema_top1", "best_ema_top5", "box_ap", "best_box_ap",
+     "best_box_ap_at", "mask_ap", "best_mask_ap", "best_mask_ap_at", "miou", "best_miou", "best_miou_at"}
+)  # fmt: skip
+_FLOATS = {
+    "best_top1": ".2f", "last_top1": ".2f", "best_top5": ".2f", "best_ema_top1": ".2f", "last_ema_top1": ".2f",
+    "best_ema_top5": ".2f", "box_ap": ".1f", "best_box_ap": ".1f", "mask_ap": ".1f", "best_mask_ap": ".1f",
+    "miou": ".1f", "best_miou": ".1f",
+}  # fmt: skip
 _FOLDER_NAMED = ("log.txt", "summary.csv")
 _TIMESTAMP = re.compile(r"\d{8}_\d{6}")
 _EXPECTED = {

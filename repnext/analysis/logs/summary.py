@@ -18,6 +18,7 @@ from .base import (
     _MARKERS,
     _OPTIONAL_COLUMNS,
     CURVE_METRICS,
+    DOWNSTREAM_METRICS,
     PLOT_METRICS,
     SUMMARY_COLUMNS,
     LogWarning,
@@ -38,29 +39,59 @@ def _last(records: pd.DataFrame, column: str, cast: type = float) -> object:
     return cast(values.iloc[-1]) if len(values) else None
 
 
+def best_and_last(run: RunLog, column: str) -> tuple[float | None, int | None, float | None]:
+    """``(best, step of the best, last)`` of one logged metric: its maximum over evaluations, the first ``step``
+    (epoch, or iteration of iteration-based runs) reaching it, and its last logged value; ``None`` if never logged.
+    """
+    values = _values(run.records, column)
+    if not len(values):
+        return None, None, None
+    return float(values.max()), int(run.records.loc[values.idxmax(), run.step]), float(values.iloc[-1])
+
+
+def downstream_metrics(run: RunLog) -> list[dict[str, object]]:
+    """Best and last of each detection/segmentation metric the run logged (:data:`DOWNSTREAM_METRICS`, percent).
+
+    One row per metric: ``metric`` (summary name, e.g. ``box_ap50``), ``key`` (the MMCV key), ``best``,
+    ``best_at`` (the epoch or iteration of the best, per ``unit``), ``last`` and ``unit``. Published COCO and ADE20K
+    tables report the best evaluation of each metric, which need not be the last one.
+    """
+    rows = []
+    for metric, key in DOWNSTREAM_METRICS.items():
+        best, best_at, last = best_and_last(run, key)
+        if best is not None:
+            rows.append({"metric": metric, "key": key, "best": best, "best_at": best_at, "last": last,
+                         "unit": run.step})  # fmt: skip
+    return rows
+
+
 def run_metrics(run: RunLog) -> dict[str, object]:
-    """The summary of one run: epochs, best/last top-1, top-5, parameters, final box/mask AP and mIoU (percent).
+    """The summary of one run: epochs, best/last top-1 and top-5 (of the EMA model too), parameters, and the last
+    and best box AP, mask AP and mIoU (percent) with the epoch or iteration of the best (``*_at``).
 
     ``best_top1`` and ``best_top5`` are maxima over epochs (``best_epoch`` is the first epoch reaching
     ``best_top1``, as logged); ``last_top1`` is the last logged top-1; ``epochs`` counts the epochs logged
     (``iters`` is the last iteration of iteration-based runs). Values are unrounded.
     """
     records = run.records
-    top1 = _values(records, "top1")
-    top5 = _values(records, "top5")
+    best_top1, _, last_top1 = best_and_last(run, "top1")
+    best_ema, best_ema_epoch, last_ema = best_and_last(run, "ema_top1")
     by_epoch = run.step == "epoch"
-    return {
+    metrics = {
         "epochs": len(records) if by_epoch else None,
         "iters": None if by_epoch else _last(records, "iter", int),
-        "best_top1": float(top1.max()) if len(top1) else None,
-        "best_epoch": int(records.loc[top1.idxmax(), "epoch"]) if len(top1) else None,
-        "last_top1": float(top1.iloc[-1]) if len(top1) else None,
-        "best_top5": float(top5.max()) if len(top5) else None,
+        "best_top1": best_top1,
+        "best_epoch": int(records.loc[_values(records, "top1").idxmax(), "epoch"]) if best_top1 is not None else None,
+        "last_top1": last_top1,
+        "best_top5": best_and_last(run, "top5")[0],
+        "best_ema_top1": best_ema, "best_ema_epoch": best_ema_epoch, "last_ema_top1": last_ema,
+        "best_ema_top5": best_and_last(run, "ema_top5")[0],
         "n_parameters": _last(records, "n_parameters", int),
-        "box_ap": _last(records, "bbox_mAP"),
-        "mask_ap": _last(records, "segm_mAP"),
-        "miou": _last(records, "mIoU"),
-    }
+    }  # fmt: skip
+    for name in ("box_ap", "mask_ap", "miou"):
+        best, best_at, last = best_and_last(run, DOWNSTREAM_METRICS[name])
+        metrics.update({name: last, f"best_{name}": best, f"best_{name}_at": best_at})
+    return metrics
 
 
 def summarize(runs: Sequence[RunLog]) -> Table:
