@@ -1,4 +1,6 @@
-"""Training logs to tables and curves: DeiT/LeViT ``log.txt``, timm ``summary.csv``, MMDetection/MMSegmentation JSON.
+"""Training logs to tables and curves: DeiT/LeViT ``log.txt``, timm ``summary.csv``, MMDetection/MMSegmentation JSON,
+Swin-style text logs. One module per format (``deit``, ``timm``, ``mm``, ``swin``); ``reader`` recognises and reads
+files, ``summary`` makes tables and curves.
 
 Formats are detected from the content, never from the file name:
 
@@ -9,7 +11,10 @@ Formats are detected from the content, never from the file name:
 * ``mmdet`` / ``mmseg``: MMCV JSON logs, an ``env_info`` line then ``train`` and ``val`` records. There is one record
   per evaluation; its ``train_loss`` is the mean training loss since the previous evaluation and its ``iter`` the
   last training iteration before it. A run evaluated several times within one logged epoch (MMSegmentation's
-  iteration-based schedules) is indexed by ``iter`` instead of ``epoch``.
+  iteration-based schedules) is indexed by ``iter`` instead of ``epoch``. Summaries give the last and the best
+  (with its epoch or iteration) of box AP, mask AP and mIoU; :func:`downstream_metrics` all nine metrics.
+* ``swin``: the text log of Swin-Transformer-style trainers (MLLA): per ``EPOCH n`` the `` * Acc@1 A Acc@5 B`` and
+  ``Accuracy of the network ...`` lines of the model and, optionally, of its EMA (``ema_top1``, ``ema_top5``).
 
 Records use common names: ``lr, train_loss, eval_loss, top1, top5`` (DeiT's ``train_lr, test_loss, test_acc1,
 test_acc5``, timm's ``eval_top1, eval_top5``); other numeric keys keep their names (per-class ``IoU.*`` and ``Acc.*``
@@ -18,8 +23,8 @@ of MMSegmentation are left out). Detection and segmentation metrics logged as fr
 
 A run is named after its file's stem (``recnext_m1_120e_224x224_rec_5x5_7603.txt`` is
 ``recnext_m1_120e_224x224_rec_5x5_7603``), except for the names trainers always write: ``log.txt``,
-``summary.csv`` and MMCV's ``<YYYYmmdd_HHMMSS>.log.json`` are named after their folder, ``X_summary.csv`` and
-``X.log.json`` after ``X``.
+``summary.csv``, ``log_rank0.txt`` and MMCV's ``<YYYYmmdd_HHMMSS>.log.json`` are named after their folder,
+``X_summary.csv`` and ``X.log.json`` after ``X``.
 
 Real logs are messy. Blank lines, a truncated last line (a killed run), unparseable lines, NaN/Infinity values
 (kept as missing), missing keys, and epochs logged twice (a resumed run; the last record wins) are tolerated:

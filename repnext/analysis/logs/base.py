@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-LOG_FORMATS = ("deit", "timm", "mmdet", "mmseg")
+LOG_FORMATS = ("deit", "timm", "mmdet", "mmseg", "swin")
 DEFAULT_PATTERNS = ("**/*.txt", "**/*summary.csv", "**/*.json")
 SUMMARY_COLUMNS = (
     "run", "format", "epochs", "iters", "best_top1", "best_epoch", "last_top1", "best_top5", "n_parameters",
@@ -38,7 +38,7 @@ _FLOATS = {
     "best_ema_top5": ".2f", "box_ap": ".1f", "best_box_ap": ".1f", "mask_ap": ".1f", "best_mask_ap": ".1f",
     "miou": ".1f", "best_miou": ".1f",
 }  # fmt: skip
-_FOLDER_NAMED = ("log.txt", "summary.csv")
+_FOLDER_NAMED = ("log.txt", "summary.csv", "log_rank0.txt")
 _TIMESTAMP = re.compile(r"\d{8}_\d{6}")
 _EXPECTED = {
     "deit": ("epoch", "train_lr", "train_loss", "test_loss", "test_acc1", "test_acc5", "n_parameters"),

@@ -22,11 +22,13 @@ from .base import (
 )
 from .deit import _parse_deit
 from .mm import _parse_mm
+from .swin import _parse_swin, looks_like_swin
 from .timm import _parse_timm
 
 
 def detect_format(path: str | Path, lines: Sequence[str]) -> str:
-    """Which of :data:`LOG_FORMATS` the ``lines`` of ``path`` are in, from their first non-blank line.
+    """Which of :data:`LOG_FORMATS` the ``lines`` of ``path`` are in, from their first non-blank line (a Swin-style
+    text log, from its `` * Acc@1`` and ``Accuracy of the network`` lines).
 
     Keys are read from that line's text, so a log whose only line was cut short is still recognised.
     """
@@ -42,13 +44,15 @@ def detect_format(path: str | Path, lines: Sequence[str]) -> str:
         return "mmseg" if segmentation else "mmdet"
     if keys & {"epoch", "train_lr", "train_loss", "test_acc1"}:
         return "deit"
+    if not keys and looks_like_swin(lines):
+        return "swin"
     raise LogFormatError(
         f"{Path(path).as_posix()}: not a training log in a known format (DeiT/LeViT log.txt, timm summary.csv, "
-        f"MMDetection/MMSegmentation JSON); it starts with {first.strip()[:60]!r}"
+        f"MMDetection/MMSegmentation JSON, Swin-style text log); it starts with {first.strip()[:60]!r}"
     )
 
 
-_PARSERS = {"deit": _parse_deit, "timm": _parse_timm, "mmdet": _parse_mm, "mmseg": _parse_mm}
+_PARSERS = {"deit": _parse_deit, "timm": _parse_timm, "mmdet": _parse_mm, "mmseg": _parse_mm, "swin": _parse_swin}
 
 
 def read_log(path: str | Path) -> RunLog:
