@@ -47,17 +47,18 @@ def plot_panels(panels: Sequence[Panel], ncols: int = 2, label: Mapping[str, str
                 data[run.step], data[panel.metric], linewidth=1.0, color=f"C{number % 10}", linestyle=style, label=name
             )
         ax.set(title=panel.title, xlabel=runs[0].step, ylabel=_LABELS.get(panel.metric, panel.metric))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         ax.legend(fontsize=5.5, ncols=2 if len(runs) > 6 else 1)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return fig
 
 
-def plot_top1_vs_epochs(table: Table, panel: str = "dataset") -> Figure:
+def plot_top1_vs_epochs(table: Table, panel: str = "dataset", titles: Mapping[str, str] | None = None) -> Figure:
     """Best top-1 against the training length: one panel per level of column ``panel``, one line per ``model``.
 
-    ``table`` has the columns ``model``, ``panel``, ``epochs`` and ``best_top1`` (e.g. the compact-model study).
+    ``table`` has the columns ``model``, ``panel``, ``epochs`` and ``best_top1`` (e.g. the compact-model study);
+    ``titles`` maps a level to its panel title (default: the level).
     """
     rows = table.sorted_rows()
     levels = list(dict.fromkeys(row[panel] for row in rows))
@@ -71,6 +72,6 @@ def plot_top1_vs_epochs(table: Table, panel: str = "dataset") -> Figure:
                 (row["epochs"], row["best_top1"]) for row in rows if (row[panel], row["model"]) == (level, model)
             )
             ax.plot(*zip(*points, strict=True), marker="o", markersize=3, color=f"C{number}", label=model)
-        ax.set(title=str(level), xlabel="training epochs", ylabel="best top-1 (%)")
+        ax.set(title=(titles or {}).get(level, str(level)), xlabel="training epochs", ylabel="best top-1 (%)")
         ax.legend(fontsize=7)
     return fig
