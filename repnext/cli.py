@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tolerance", type=float, default=1e-4, help="largest max-abs error that passes")
     export.set_defaults(func=cmd_export)
 
-    logs = sub.add_parser("logs", help="one row per training run from DeiT/timm/MMDetection/MMSegmentation logs")
+    logs = sub.add_parser("logs", help="one row per training run from DeiT, timm, MMCV or Swin-style logs")
     logs.add_argument("paths", nargs="+", metavar="PATH_OR_GLOB", help="log files, folders (searched with "
                       "--pattern) or globs such as 'logs/**/log.txt'")  # fmt: skip
     logs.add_argument("--group-by", metavar="REGEX", help="named groups of this regex, searched in each run's "

@@ -69,3 +69,18 @@ def test_logs_errors_exit_with_one_line_naming_the_file(make, args, message, tmp
         main(["logs", *(arg.format(d=tmp_path) for arg in args)])
     assert re.match(re.escape(f"repnext logs: {message.format(d=tmp_path)}"), str(raised.value))
     assert "\n" not in str(raised.value)
+
+
+def test_every_vendored_upstream_log_parses(capsys):
+    """``repnext logs logs/upstream``: all 139 runs in five formats; the only warnings are NaN losses in the files."""
+    from pathlib import Path
+
+    main(["logs", str(Path(__file__).parents[1] / "logs" / "upstream"), "--format", "csv"])
+    out, err = capsys.readouterr()
+    header, *rows = out.splitlines()
+    formats = [row.split(",")[header.split(",").index("format")] for row in rows]
+    assert len(rows) == 139 and {f: formats.count(f) for f in set(formats)} == {
+        "deit": 107, "timm": 12, "mmdet": 11, "mmseg": 9,
+    }  # fmt: skip
+    warnings = err.splitlines()
+    assert len(warnings) == 5 and all("starnet_s1" in w and "test_loss is NaN" in w for w in warnings)

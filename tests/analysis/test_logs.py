@@ -14,6 +14,7 @@ from repnext.analysis.logs import (
     LogWarning,
     compile_group_by,
     curves,
+    downstream_metrics,
     find_logs,
     layout,
     plot_curves,
@@ -140,8 +141,25 @@ def test_mmdet_json_log_reports_final_box_and_mask_ap_in_percent(tmp_path):
     table = summarize([run])
     assert table.rows[0]["box_ap"] == pytest.approx(42.08) and table.rows[0]["mask_ap"] == pytest.approx(38.8)
     assert table.columns == ["run", "format", "epochs", "best_top1", "best_epoch", "last_top1", "best_top5",
-                             "n_parameters", "box_ap", "mask_ap", "warnings", "path"]  # fmt: skip
-    assert table.render("csv").splitlines()[1] == f"repnext_m3_coco,mmdet,2,,,,,,42.1,38.8,0,{path.as_posix()}"
+                             "n_parameters", "box_ap", "best_box_ap", "best_box_ap_at", "mask_ap", "best_mask_ap",
+                             "best_mask_ap_at", "warnings", "path"]  # fmt: skip
+    assert table.render("csv").splitlines()[1] == (
+        f"repnext_m3_coco,mmdet,2,,,,,,42.1,42.1,2,38.8,38.8,2,0,{path.as_posix()}"
+    )
+
+
+def test_mmdet_best_evaluation_is_reported_with_its_epoch_beside_the_last(tmp_path):
+    vals = [{"bbox_mAP": 0.41, "bbox_mAP_75": 0.45, "segm_mAP": 0.37}, {"bbox_mAP": 0.435, "bbox_mAP_75": 0.47,
+            "segm_mAP": 0.39}, {"bbox_mAP": 0.432, "bbox_mAP_75": 0.48, "segm_mAP": 0.38}]  # fmt: skip
+    path = write(tmp_path / "recnext_m4_coco.json", mm_lines(vals, [(1, 7300), (2, 7300), (3, 7300)], {}))
+    run, _ = parse(path)
+    row = summarize([run]).rows[0]
+    assert (row["box_ap"], row["best_box_ap"], row["best_box_ap_at"]) == pytest.approx((43.2, 43.5, 2))
+    assert (row["mask_ap"], row["best_mask_ap"], row["best_mask_ap_at"]) == pytest.approx((38.0, 39.0, 2))
+    ap75 = next(r for r in downstream_metrics(run) if r["metric"] == "box_ap75")
+    assert ap75 == {"metric": "box_ap75", "key": "bbox_mAP_75", "best": pytest.approx(48.0), "best_at": 3,
+                    "last": pytest.approx(48.0), "unit": "epoch"}  # fmt: skip
+    assert [r["metric"] for r in downstream_metrics(run)] == ["box_ap", "box_ap75", "mask_ap"]
 
 
 def test_mmseg_iteration_based_log_and_miou_given_as_fraction_or_percent(tmp_path):
