@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -95,6 +96,23 @@ def cmd_export(args: argparse.Namespace) -> None:
     except (CheckpointError, ExportError) as error:
         raise SystemExit(f"repnext export: {error}") from None
     print(f"wrote {report.path} ({report.format}); {report.checked}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_model
+    from .train import parse_model_kwargs
+
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    try:
+        table = evaluate_model(
+            _models([args.model])[0], args.data, args.split, args.weights, args.form, args.batch_size,
+            args.img_size, args.crop_pct, args.interpolation, parse_model_kwargs(args.model_kwargs),
+            args.threads, args.device, args.workers, progress,
+        )  # fmt: skip
+    except ValueError as error:  # DatasetError, WeightsError, a bad option: one line naming it
+        raise SystemExit(f"repnext eval: {error}") from None
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process prints the gathered totals
+        _emit(table, args.format, args.output)
 
 
 def cmd_logs(args: argparse.Namespace) -> None:
@@ -243,6 +261,33 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--unfused", action="store_true", help="export the training form instead")
     export.add_argument("--tolerance", type=float, default=1e-4, help="largest max-abs error that passes")
     export.set_defaults(func=cmd_export)
+
+    evaluate = sub.add_parser("eval", help="top-1/top-5/loss on an ImageFolder split; --both compares the forms")
+    evaluate.add_argument("model", help="a repnext variant, e.g. repnext_m0")
+    evaluate.add_argument("--data", required=True, help="ImageFolder root (ROOT/SPLIT/<class>/...) or builtin:photos")
+    evaluate.add_argument("--split", default="val", help="split folder under --data (default: val)")
+    evaluate.add_argument("--weights", help="none, pretrained, hf-hub:ID, a checkpoint or fused TorchScript .pt "
+                          "(path or URL); default: untrained, seed 0")  # fmt: skip
+    form = evaluate.add_mutually_exclusive_group()
+    form.add_argument("--fused", dest="form", action="store_const", const="fused", default="train",
+                      help="evaluate the re-parameterized form")  # fmt: skip
+    form.add_argument("--both", dest="form", action="store_const", const="both",
+                      help="both forms, and how they agree on every image")  # fmt: skip
+    evaluate.add_argument("--batch-size", type=_positive, default=64)
+    evaluate.add_argument("--img-size", type=_positive, help="input side (default: the model's data config)")
+    evaluate.add_argument("--crop-pct", type=float, help="center-crop fraction (default: the model's data config)")
+    evaluate.add_argument("--interpolation", help="resize interpolation (default: the model's data config)")
+    evaluate.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                          help="model constructor arguments, e.g. distillation=True")  # fmt: skip
+    evaluate.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's choice)")
+    evaluate.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    evaluate.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    progress = evaluate.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="progress bar")
+    progress.add_argument("--no-progress", dest="progress", action="store_false", help="(default when not a TTY)")
+    evaluate.add_argument("--format", choices=FORMATS, default="md")
+    evaluate.add_argument("-o", "--output", help="write here instead of stdout; the suffix picks the format")
+    evaluate.set_defaults(func=cmd_eval)
 
     logs = sub.add_parser("logs", help="one row per training run from DeiT/timm/MMDetection/MMSegmentation logs")
     logs.add_argument("paths", nargs="+", metavar="PATH_OR_GLOB", help="log files, folders (searched with "
