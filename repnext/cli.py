@@ -56,7 +56,11 @@ def cmd_stats(args: argparse.Namespace) -> None:
     from .analysis.stats import model_stats
 
     forms = tuple(args.forms or ["deploy"])
-    _emit(model_stats(_models(args.models), args.resolution, forms), args.format, args.output)
+    try:
+        table = model_stats(_models(args.models), args.resolution, forms)
+    except ValueError as error:  # e.g. a resolution whose activations cannot fit in memory
+        raise SystemExit(f"repnext stats: {error}") from None
+    _emit(table, args.format, args.output)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -81,17 +85,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .checkpoint import CheckpointError, load_checkpoint
+    from .checkpoint import CheckpointError
     from .export import ExportError, export_model
-    from .registry import create_model
     from .reparam import reparameterize
+    from .weights import load_weights
 
     name = _models([args.model])[0]
-    model = create_model(name, num_classes=args.num_classes) if args.num_classes else create_model(name)
     try:
-        if args.checkpoint:
-            load_checkpoint(model, args.checkpoint)
-        model = model.eval() if args.unfused else reparameterize(model.eval())
+        model, weights = load_weights(name, args.weights, num_classes=args.num_classes)
+        if weights.form == "torchscript":
+            raise ExportError(f"{args.weights}: upstream's scripted fused model runs as is; it cannot be re-exported")
+        if args.unfused and weights.form != "train":
+            raise ExportError(f"--unfused: {args.weights} holds the fused form only")
+        model = model.eval() if args.unfused or weights.form == "fused" else reparameterize(model.eval())
         report = export_model(model, args.format, args.output, args.resolution, args.tolerance)
     except (CheckpointError, ExportError) as error:
         raise SystemExit(f"repnext export: {error}") from None
@@ -255,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="a repnext variant")
     export.add_argument("--format", required=True, choices=("onnx", "torchscript", "coreml"))
     export.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .mlpackage)")
-    export.add_argument("--checkpoint", help="weights to load (upstream {'model': ...} or a plain state dict)")
+    export.add_argument("--weights", "--checkpoint", dest="weights", help="none (default), pretrained, "
+                        "hf-hub:ID, a checkpoint or fused TorchScript .pt (path or URL)")  # fmt: skip
     export.add_argument("--num-classes", type=_positive, help="classifier size when the checkpoint is not ImageNet")
     export.add_argument("--resolution", type=_positive, default=224, help="input height and width")
     export.add_argument("--unfused", action="store_true", help="export the training form instead")

@@ -48,7 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, check_state_dict
+from .checkpoint import CheckpointError, check_state_dict, read_checkpoint
 from .datasets import build_datasets
 from .distributed import Distributed, runtime, setup_distributed, shard
 from .evaluation import evaluate_forms
@@ -331,13 +331,13 @@ def _save_epoch(log: Path, rows: Sequence[dict], checkpoint_dir: Path, checkpoin
 
 
 def _load_resume(path: str, model: nn.Module) -> dict:
-    """Read a training checkpoint and load its weights into ``model``; errors name the file."""
+    """Read a training checkpoint (path or URL) and load its weights into ``model``; errors name the file."""
+    from .weights import fetch_file
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"--resume: {path}: no such checkpoint file") from None
-    except Exception as error:
-        raise CheckpointError(f"--resume: {path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
+        state = read_checkpoint(fetch_file(path, "--resume"))
+    except CheckpointError as error:
+        raise CheckpointError(f"--resume: {error}") from None
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         raise CheckpointError(

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, check_state_dict, is_torchscript, load_checkpoint, read_checkpoint
 from .checkpoint import read_state_dict as _read_state_dict
-from .registry import check_model_name, list_models, models_by_family
+from .registry import check_model_name, list_models
 
 __all__ = ["HF_PREFIX", "Weights", "WeightsError", "fetch_file", "load_torchscript", "load_weights"]
 
@@ -181,31 +181,12 @@ def _classifier_rows_fused(state: Mapping[str, Tensor]) -> int | None:
     return weights[-1].shape[0] if weights else None
 
 
-def _matches(state: Mapping[str, Tensor], model_name: str, rows: int | None, params: int, kwargs: Mapping) -> bool:
-    forms = _fused_forms(model_name, rows, kwargs)
-    for fused, paper_params in forms:
-        if params == paper_params:
-            return True
-        try:
-            check_state_dict(state, fused.state_dict())
-            return True
-        except CheckpointError:
-            continue
-    return False
-
-
-def _other_variant(path: Path, model_name: str, state: Mapping[str, Tensor], rows: int | None, params: int) -> str:
-    """The registered variant a fused TorchScript file belongs to: by its file name, else by its weights."""
-    names = sorted(list_models(), key=len, reverse=True)
+def _other_variant(path: Path, model_name: str) -> str:
+    """The registered variant a file's name starts with (upstream names its files ``NAME_..._300e...``)."""
     stem = path.name.lower()
-    for name in names:
-        if name != model_name and stem.startswith(name) and not stem.startswith(model_name + "_"):
-            return name
-    family = models_by_family()[model_name]
-    for name in sorted(n for n, f in models_by_family().items() if f == family and n != model_name):
-        if _matches(state, name, rows, params, {}):
-            return name
-    return ""
+    if stem.startswith(model_name + "_"):
+        return ""
+    return next((name for name in sorted(list_models(), key=len, reverse=True) if stem.startswith(name + "_")), "")
 
 
 def load_torchscript(
@@ -218,7 +199,7 @@ def load_torchscript(
     ``"fused"``: the weights fit this package's fused form (deploy, else single-branch) and are loaded
     into it strictly. ``"torchscript"``: the parameter count is upstream's fused count of the variant
     (``replace_batchnorm`` leaves token-mixer BatchNorms), so the scripted model runs as is. Anything
-    else raises :class:`WeightsError` naming the variant the file belongs to when one fits.
+    else raises :class:`WeightsError`, naming the variant the file's name says it belongs to.
     """
     path, kwargs = Path(path), dict(model_kwargs or {})
     script = _jit_load(path).eval()
@@ -237,7 +218,7 @@ def load_torchscript(
         return fused.eval(), "fused", rows
     if params == paper_params:  # upstream's fuse form of this variant: run the scripted model itself
         return script, "torchscript", rows
-    other = _other_variant(path, model_name, state, rows, params)
+    other = _other_variant(path, model_name)
     owner = f"of {other}, not of {model_name}" if other else f"that does not fit {model_name}"
     detail = str(first_error).removeprefix(f"{path}: ")
     raise WeightsError(f"{path}: a fused TorchScript model {owner} ({params} parameters; {detail})")
