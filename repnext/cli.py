@@ -109,6 +109,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .train import parse_model_kwargs
 
     progress = sys.stderr.isatty() if args.progress is None else args.progress
+    suffix = os.path.splitext(args.output or "")[1].lstrip(".")
+    if args.output and {"tex": "latex"}.get(suffix, suffix) not in FORMATS:
+        raise SystemExit(
+            f"repnext eval: -o: {args.output}: unknown table format {suffix!r}; use .csv, .md, .tex, .json"
+        )
     try:
         table = evaluate_model(
             _models([args.model])[0], args.data, args.split, args.weights, args.form, args.batch_size,
