@@ -126,6 +126,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
         _emit(table, args.format, args.output)
 
 
+def cmd_publish(args: argparse.Namespace) -> None:
+    from .publish import publish
+
+    try:
+        written = publish(args.checkpoint, _models([args.model])[0], args.output, args.distillation, args.fused,
+                          args.epochs, args.log, args.eval, args.latency)  # fmt: skip
+    except ValueError as error:  # CheckpointError, PublishError: one line naming the file
+        raise SystemExit(f"repnext publish: {error}") from None
+    for path in written:
+        print(path)
+
+
 def cmd_logs(args: argparse.Namespace) -> None:
     import warnings
 
@@ -300,6 +312,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--format", choices=FORMATS, default="md")
     evaluate.add_argument("-o", "--output", help="write here instead of stdout; the suffix picks the format")
     evaluate.set_defaults(func=cmd_eval)
+
+    publish = sub.add_parser(
+        "publish", help="upstream's release files of a checkpoint + a Hugging Face folder and card"
+    )
+    publish.add_argument("checkpoint", help="training checkpoint (repnext train's best.pth, or upstream's)")
+    publish.add_argument("--model", required=True, help="the variant it was trained as")
+    publish.add_argument("-o", "--output", required=True, help="folder to write (replaced atomically)")
+    publish.add_argument(
+        "--distillation", action="store_true", help="name files NAME_distill_... (else without_distill)"
+    )
+    publish.add_argument("--fused", action="store_true", help="also write the fused TorchScript NAME_..._fused.pt")
+    publish.add_argument("--epochs", type=_positive, help="epoch count in the names (default: the checkpoint's)")
+    publish.add_argument("--log", help="training log.txt (default: beside the checkpoint, or the run's --out)")
+    publish.add_argument("--eval", help="a `repnext eval` CSV table whose top-1 the card reports")
+    publish.add_argument("--latency", help="a `repnext bench` CSV table whose fused eager latency the card reports")
+    publish.set_defaults(func=cmd_publish)
 
     logs = sub.add_parser("logs", help="one row per training run from DeiT/timm/MMDetection/MMSegmentation logs")
     logs.add_argument("paths", nargs="+", metavar="PATH_OR_GLOB", help="log files, folders (searched with "

@@ -27,6 +27,8 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .io import replace_dir
+
 __all__ = [
     "BUILTIN_DATASETS",
     "DatasetError",
@@ -149,21 +151,10 @@ def materialize_dataset(
                 folder.mkdir(parents=True)
                 for index in range(per_class):
                     crops.images[label * per_class + index].save(folder / f"{index:04d}.png", format="PNG")
-        _replace_dir(scratch, root)
+        replace_dir(scratch, root)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return root
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move directory ``new`` to ``target``, replacing an existing ``target`` only once ``new`` is complete."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", suffix=".tmp", dir=target.parent))
-    os.replace(target, old / target.name)
-    os.replace(new, target)
-    shutil.rmtree(old)
 
 
 def _image_files(folder: Path) -> list[Path]:
