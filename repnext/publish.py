@@ -256,6 +256,8 @@ def publish(
     state = read_checkpoint(checkpoint)
     args = state.get("args") if isinstance(state, Mapping) and isinstance(state.get("args"), Mapping) else {}
     kwargs = dict(args.get("model_kwargs") or {})
+    if args.get("model") not in (None, model_name):
+        raise PublishError(f"{checkpoint}: trained as {args['model']} (its args), not --model {model_name}")
     epochs = epochs or args.get("epochs") or (state.get("epoch", -1) + 1 if isinstance(state, Mapping) else 0)
     if not epochs or epochs <= 0:
         raise PublishError(f"{checkpoint}: no epoch count in the checkpoint; pass --epochs")
