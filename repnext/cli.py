@@ -122,6 +122,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
         )  # fmt: skip
     except ValueError as error:  # DatasetError, WeightsError, a bad option: one line naming it
         raise SystemExit(f"repnext eval: {error}") from None
+    agreement = table.rows[-1]["top1_agreement"]
+    if args.min_agreement is not None and (agreement is None or agreement < args.min_agreement):
+        raise SystemExit(f"repnext eval: --min-agreement {args.min_agreement}: the fused and training forms agree "
+                         f"on {agreement if agreement is not None else 'no'}% of images (use --both)")  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process prints the gathered totals
         _emit(table, args.format, args.output)
 
@@ -297,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="evaluate the re-parameterized form")  # fmt: skip
     form.add_argument("--both", dest="form", action="store_const", const="both",
                       help="both forms, and how they agree on every image")  # fmt: skip
+    evaluate.add_argument(
+        "--min-agreement",
+        type=float,
+        metavar="PCT",
+        help="with --both: fail unless both forms give the same top-1 on at least PCT%% of images",
+    )
     evaluate.add_argument("--batch-size", type=_positive, default=64)
     evaluate.add_argument("--img-size", type=_positive, help="input side (default: the model's data config)")
     evaluate.add_argument("--crop-pct", type=float, help="center-crop fraction (default: the model's data config)")
