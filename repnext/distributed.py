@@ -55,6 +55,17 @@ class Distributed:
         return self._reduce(values, dist.ReduceOp.MAX if self.enabled else None)
 
 
+    def broadcast_buffers(self, model: torch.nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every process.
+
+        DistributedDataParallel broadcasts them before each forward, but each process then updates them
+        with its own batch, so after the last step they differ; evaluating and saving need one model.
+        """
+        if self.enabled:
+            for buffer in model.buffers():
+                dist.broadcast(buffer.data, src=0)
+
+
 def setup_distributed(device: str | None) -> Distributed:
     """Join the torchrun process group if there is one (or use the caller's); else one process."""
     from timm.utils.distributed import init_distributed_device_so

@@ -443,6 +443,7 @@ def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:
                 progress=progress,
             )
             scheduler.step(epoch + 1)
+            dist_info.broadcast_buffers(model)  # every process validates the model that rank 0 saves
             test = evaluate(model, val_loader, dist_info, amp, desc=f"{desc} val", progress=progress)
         except KeyboardInterrupt:
             if main_process:
