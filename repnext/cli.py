@@ -73,7 +73,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         sgemm = sgemm_rate(args.threads) if args.device == "cpu" else None
         latency, rates = benchmark(
             args.models, args.forms or ["unfused", "fused"], args.backends or ["eager"], args.resolution,
-            args.threads, args.device, args.rounds, args.warmup, args.batch_size, sgemm,
+            args.threads, args.device, args.rounds, args.warmup, args.batch_size, sgemm, weights=args.weights,
         )  # fmt: skip
     except BenchmarkError as error:
         raise SystemExit(f"repnext bench: {error}") from None
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     forms.add_argument("--unfused", dest="forms", action="store_const", const=["unfused"], help="training form only")
     bench.add_argument("--backend", dest="backends", action="append", metavar="NAME", help="repeatable; "
                        "eager (default), channels_last, torchscript, onnxruntime, openvino, compile")  # fmt: skip
+    bench.add_argument("--weights", help="for repnext variants: pretrained, hf-hub:ID, a checkpoint or fused "
+                       "TorchScript .pt (default: random; latency does not depend on the values)")  # fmt: skip
     bench.add_argument("--batch-size", type=_positive, default=1, help="> 1 also measures throughput at this batch")
     bench.add_argument("--resolution", type=_positive, default=224)
     bench.add_argument("--threads", type=_positive, help="intra-op threads (default: torch's)")

@@ -54,7 +54,6 @@ class Distributed:
         """Element-wise maximum of ``values`` over all processes (identity in one process)."""
         return self._reduce(values, dist.ReduceOp.MAX if self.enabled else None)
 
-
     def broadcast_buffers(self, model: torch.nn.Module) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every process.
 
