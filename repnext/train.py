@@ -472,4 +472,6 @@ def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:
                 f"test_acc1 {test['acc1']:.2f}  test_acc5 {test['acc5']:.2f}  max {max_accuracy:.2f}",
                 flush=True,
             )
+    if dist_info.enabled:
+        dist.barrier()  # every process returns once rank 0's checkpoint is complete
     return rows

@@ -3,6 +3,7 @@ one process. Tiny on purpose: 3 classes, 32x32 images, a one-block-per-stage Rep
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -11,17 +12,30 @@ import torch
 
 from repnext.distributed import Distributed, shard
 from repnext.evaluation import evaluate_model
+from repnext.registry import create_model
 from tests.test_evaluation import write_folder
 
 TINY_ARGS = ["--model-kwargs", "embed_dim=(8,16,32,64)", "depth=(1,1,1,1)"]
 TINY = dict(embed_dim=(8, 16, 32, 64), depth=(1, 1, 1, 1))
 
 
-def torchrun(*args: str, cwd) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "repnext", *args]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd,
-                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+# Both commands in the same two processes, so torch and timm are imported once (most of the time on 2 cores);
+# the commands join the script's process group, as they join the one torchrun's environment describes.
+SCRIPT = """import sys
+import torch.distributed as dist
+from repnext.cli import main
+dist.init_process_group("gloo")
+cut = sys.argv.index("+")
+main(sys.argv[1:cut])
+main(sys.argv[cut + 1:])
+dist.destroy_process_group()
+"""
+
+
+def torchrun(script, *args: str, cwd) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=cwd,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -33,23 +47,23 @@ def test_shards_cover_every_item_once():
 
 def test_two_process_train_and_eval_match_one_process(tmp_path):
     data = write_folder(tmp_path / "data", per_class=4, splits=("train", "val"))  # 12 train, 12 val images
-    torchrun("train", "repnext_m0", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1",
-             "--img-size", "32", "--batch-size", "2", "--warmup-epochs", "0", "--threads", "1", "--no-progress",
-             *TINY_ARGS, cwd=tmp_path)  # fmt: skip
+    (tmp_path / "both.py").write_text(SCRIPT)
+    checkpoint = str(tmp_path / "run" / "checkpoint.pth")
+    torchrun(tmp_path / "both.py", "train", "repnext_m0", "--data", str(data), "--out", str(tmp_path / "run"),
+             "--epochs", "1", "--img-size", "32", "--batch-size", "2", "--warmup-epochs", "0", "--threads", "1",
+             "--no-progress", *TINY_ARGS, "+", "eval", "repnext_m0", "--data", str(data), "--weights", checkpoint,
+             "--img-size", "32", "--batch-size", "4", "--both", "--threads", "1", *TINY_ARGS,
+             "-o", str(tmp_path / "eval.csv"), cwd=tmp_path)  # fmt: skip
     (row,) = [json.loads(line) for line in (tmp_path / "run" / "log.txt").read_text().splitlines()]
-    assert row["epoch"] == 0 and row["n_parameters"] == sum(
-        p.numel() for p in __import__("repnext").create_model("repnext_m0", num_classes=3, **TINY).parameters()
-    )
+    tiny = create_model("repnext_m0", num_classes=3, **TINY)
+    assert row["epoch"] == 0 and row["n_parameters"] == sum(p.numel() for p in tiny.parameters())
     # The validation totals were gathered from both processes: one process evaluating the same weights agrees.
-    single = evaluate_model("repnext_m0", str(data), weights=str(tmp_path / "run" / "checkpoint.pth"),
+    single = evaluate_model("repnext_m0", str(data), weights=checkpoint,
                             img_size=32, crop_pct=0.875, model_kwargs=TINY, threads=1).rows[0]  # fmt: skip
     assert single["images"] == 12
     assert row["test_acc1"] == pytest.approx(single["top1"], abs=1e-9) and row["test_acc5"] == single["top5"]
     assert row["test_loss"] == pytest.approx(single["loss"], rel=1e-6)  # float32 sums over other batches
 
-    torchrun("eval", "repnext_m0", "--data", str(data), "--weights", str(tmp_path / "run" / "checkpoint.pth"),
-             "--img-size", "32", "--batch-size", "4", "--both", "--threads", "1", *TINY_ARGS,
-             "-o", str(tmp_path / "eval.csv"), cwd=tmp_path)  # fmt: skip
     rows = list(csv.DictReader((tmp_path / "eval.csv").open()))
     assert [r["form"] for r in rows] == ["train", "fused"] and rows[1]["top1_agreement"] == "100.00"
     for got in rows:
