@@ -122,3 +122,30 @@ def test_text_file_and_untrusted_pickle_are_one_line(tmp_path):
                        r"Unsupported global: GLOBAL repnext\.weights\.Weights") as caught:  # fmt: skip
         read_state_dict(tmp_path / "pickle.pth")
     assert "\n" not in str(caught.value)
+
+
+class _UpstreamForm(torch.nn.Module):
+    """Stands in for upstream's fused form: our fused model plus the token-mixer BatchNorm parameters it keeps."""
+
+    def __init__(self, fused: torch.nn.Module, kept: int):
+        super().__init__()
+        self.model = fused
+        self.kept = torch.nn.Parameter(torch.zeros(kept))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def test_torchscript_in_upstreams_fuse_form_runs_as_is(trained, tmp_path):
+    from repnext.analysis.stats import standalone_batchnorm_parameters
+
+    fused = reparameterize(trained)
+    path = _script(_UpstreamForm(fused, standalone_batchnorm_parameters(trained)), tmp_path / "upstream.pt")
+    model, weights = load_weights("repnext_m0", path, model_kwargs=TINY)
+    assert weights.form == "torchscript" and isinstance(model, torch.jit.ScriptModule)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), fused(x))
+    wrong = _script(_UpstreamForm(fused, 1), tmp_path / "other.pt")  # neither our form nor upstream's count
+    with pytest.raises(WeightsError, match=r"other\.pt: a fused TorchScript model that does not fit repnext_m0"):
+        load_weights("repnext_m0", wrong, model_kwargs=TINY)
