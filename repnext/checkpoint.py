@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import re
 import zipfile
 from collections.abc import Mapping
@@ -17,7 +16,15 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "checkpoint_filter_fn", "load_checkpoint", "load_pretrained_file", "read_state_dict"]
+__all__ = [
+    "CheckpointError",
+    "checkpoint_filter_fn",
+    "is_torchscript",
+    "load_checkpoint",
+    "load_pretrained_file",
+    "read_checkpoint",
+    "read_state_dict",
+]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema")
 
@@ -39,18 +46,46 @@ def _unwrap(checkpoint: object, source: str) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in checkpoint.items()}
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a ``.pth``/``.pt``/``.pth.tar`` checkpoint file into a flat state dict (on CPU)."""
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``), which holds code beside its weights."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+
+
+def read_checkpoint(path: str | os.PathLike) -> object:
+    """``torch.load`` a checkpoint file on CPU with ``weights_only=True``; every failure is one line naming it.
+
+    Pickles that need anything beyond tensors and plain containers stay refused (untrusted code).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if is_torchscript(path):
+        raise CheckpointError(f"{path}: a TorchScript model, not a checkpoint (load it with repnext.weights)")
     try:
         # timm's train.py saves its argparse.Namespace beside the weights: plain data, safe to rebuild
         with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as error:
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
-    return _unwrap(checkpoint, path)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a file of other bytes fails anywhere in the unpickler (KeyError, ...)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_one_line(error)})") from None
+
+
+def _one_line(error: Exception) -> str:
+    """The gist of a ``torch.load`` error on one line (torch's ``weights_only`` explanation runs over many)."""
+    text = str(error)
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    if marker:
+        reason = next((line.strip() for line in rest.splitlines() if line.strip()), "")
+        return f"refused by weights_only=True: {reason.partition(' Please ')[0]}"
+    reason = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a ``.pth``/``.pt``/``.pth.tar`` checkpoint file into a flat state dict (on CPU)."""
+    return _unwrap(read_checkpoint(path), os.fspath(path))
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, object], model: nn.Module) -> dict[str, Tensor]:

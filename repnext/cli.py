@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -55,7 +56,11 @@ def cmd_stats(args: argparse.Namespace) -> None:
     from .analysis.stats import model_stats
 
     forms = tuple(args.forms or ["deploy"])
-    _emit(model_stats(_models(args.models), args.resolution, forms), args.format, args.output)
+    try:
+        table = model_stats(_models(args.models), args.resolution, forms)
+    except ValueError as error:  # e.g. a resolution whose activations cannot fit in memory
+        raise SystemExit(f"repnext stats: {error}") from None
+    _emit(table, args.format, args.output)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -68,7 +73,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         sgemm = sgemm_rate(args.threads) if args.device == "cpu" else None
         latency, rates = benchmark(
             args.models, args.forms or ["unfused", "fused"], args.backends or ["eager"], args.resolution,
-            args.threads, args.device, args.rounds, args.warmup, args.batch_size, sgemm,
+            args.threads, args.device, args.rounds, args.warmup, args.batch_size, sgemm, weights=args.weights,
         )  # fmt: skip
     except BenchmarkError as error:
         raise SystemExit(f"repnext bench: {error}") from None
@@ -80,21 +85,61 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .checkpoint import CheckpointError, load_checkpoint
+    from .checkpoint import CheckpointError
     from .export import ExportError, export_model
-    from .registry import create_model
     from .reparam import reparameterize
+    from .weights import load_weights
 
     name = _models([args.model])[0]
-    model = create_model(name, num_classes=args.num_classes) if args.num_classes else create_model(name)
     try:
-        if args.checkpoint:
-            load_checkpoint(model, args.checkpoint)
-        model = model.eval() if args.unfused else reparameterize(model.eval())
+        model, weights = load_weights(name, args.weights, num_classes=args.num_classes)
+        if weights.form == "torchscript":
+            raise ExportError(f"{args.weights}: upstream's scripted fused model runs as is; it cannot be re-exported")
+        if args.unfused and weights.form != "train":
+            raise ExportError(f"--unfused: {args.weights} holds the fused form only")
+        model = model.eval() if args.unfused or weights.form == "fused" else reparameterize(model.eval())
         report = export_model(model, args.format, args.output, args.resolution, args.tolerance)
     except (CheckpointError, ExportError) as error:
         raise SystemExit(f"repnext export: {error}") from None
     print(f"wrote {report.path} ({report.format}); {report.checked}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_model
+    from .train import parse_model_kwargs
+
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    suffix = os.path.splitext(args.output or "")[1].lstrip(".")
+    if args.output and {"tex": "latex"}.get(suffix, suffix) not in FORMATS:
+        raise SystemExit(
+            f"repnext eval: -o: {args.output}: unknown table format {suffix!r}; use .csv, .md, .tex, .json"
+        )
+    try:
+        table = evaluate_model(
+            _models([args.model])[0], args.data, args.split, args.weights, args.form, args.batch_size,
+            args.img_size, args.crop_pct, args.interpolation, parse_model_kwargs(args.model_kwargs),
+            args.threads, args.device, args.workers, progress,
+        )  # fmt: skip
+    except ValueError as error:  # DatasetError, WeightsError, a bad option: one line naming it
+        raise SystemExit(f"repnext eval: {error}") from None
+    agreement = table.rows[-1]["top1_agreement"]
+    if args.min_agreement is not None and (agreement is None or agreement < args.min_agreement):
+        raise SystemExit(f"repnext eval: --min-agreement {args.min_agreement}: the fused and training forms agree "
+                         f"on {agreement if agreement is not None else 'no'}% of images (use --both)")  # fmt: skip
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process prints the gathered totals
+        _emit(table, args.format, args.output)
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from .publish import publish
+
+    try:
+        written = publish(args.checkpoint, _models([args.model])[0], args.output, args.distillation, args.fused,
+                          args.epochs, args.log, args.eval, args.latency)  # fmt: skip
+    except ValueError as error:  # CheckpointError, PublishError: one line naming the file
+        raise SystemExit(f"repnext publish: {error}") from None
+    for path in written:
+        print(path)
 
 
 def cmd_logs(args: argparse.Namespace) -> None:
@@ -222,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     forms.add_argument("--unfused", dest="forms", action="store_const", const=["unfused"], help="training form only")
     bench.add_argument("--backend", dest="backends", action="append", metavar="NAME", help="repeatable; "
                        "eager (default), channels_last, torchscript, onnxruntime, openvino, compile")  # fmt: skip
+    bench.add_argument("--weights", help="for repnext variants: pretrained, hf-hub:ID, a checkpoint or fused "
+                       "TorchScript .pt (default: random; latency does not depend on the values)")  # fmt: skip
     bench.add_argument("--batch-size", type=_positive, default=1, help="> 1 also measures throughput at this batch")
     bench.add_argument("--resolution", type=_positive, default=224)
     bench.add_argument("--threads", type=_positive, help="intra-op threads (default: torch's)")
@@ -237,12 +284,62 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="a repnext variant")
     export.add_argument("--format", required=True, choices=("onnx", "torchscript", "coreml"))
     export.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .mlpackage)")
-    export.add_argument("--checkpoint", help="weights to load (upstream {'model': ...} or a plain state dict)")
+    export.add_argument("--weights", "--checkpoint", dest="weights", help="none (default), pretrained, "
+                        "hf-hub:ID, a checkpoint or fused TorchScript .pt (path or URL)")  # fmt: skip
     export.add_argument("--num-classes", type=_positive, help="classifier size when the checkpoint is not ImageNet")
     export.add_argument("--resolution", type=_positive, default=224, help="input height and width")
     export.add_argument("--unfused", action="store_true", help="export the training form instead")
     export.add_argument("--tolerance", type=float, default=1e-4, help="largest max-abs error that passes")
     export.set_defaults(func=cmd_export)
+
+    evaluate = sub.add_parser("eval", help="top-1/top-5/loss on an ImageFolder split; --both compares the forms")
+    evaluate.add_argument("model", help="a repnext variant, e.g. repnext_m0")
+    evaluate.add_argument("--data", required=True, help="ImageFolder root (ROOT/SPLIT/<class>/...) or builtin:photos")
+    evaluate.add_argument("--split", default="val", help="split folder under --data (default: val)")
+    evaluate.add_argument("--weights", help="none, pretrained, hf-hub:ID, a checkpoint or fused TorchScript .pt "
+                          "(path or URL); default: untrained, seed 0")  # fmt: skip
+    form = evaluate.add_mutually_exclusive_group()
+    form.add_argument("--fused", dest="form", action="store_const", const="fused", default="train",
+                      help="evaluate the re-parameterized form")  # fmt: skip
+    form.add_argument("--both", dest="form", action="store_const", const="both",
+                      help="both forms, and how they agree on every image")  # fmt: skip
+    evaluate.add_argument(
+        "--min-agreement",
+        type=float,
+        metavar="PCT",
+        help="with --both: fail unless both forms give the same top-1 on at least PCT%% of images",
+    )
+    evaluate.add_argument("--batch-size", type=_positive, default=64)
+    evaluate.add_argument("--img-size", type=_positive, help="input side (default: the model's data config)")
+    evaluate.add_argument("--crop-pct", type=float, help="center-crop fraction (default: the model's data config)")
+    evaluate.add_argument("--interpolation", help="resize interpolation (default: the model's data config)")
+    evaluate.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                          help="model constructor arguments, e.g. distillation=True")  # fmt: skip
+    evaluate.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's choice)")
+    evaluate.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    evaluate.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    progress = evaluate.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="progress bar")
+    progress.add_argument("--no-progress", dest="progress", action="store_false", help="(default when not a TTY)")
+    evaluate.add_argument("--format", choices=FORMATS, default="md")
+    evaluate.add_argument("-o", "--output", help="write here instead of stdout; the suffix picks the format")
+    evaluate.set_defaults(func=cmd_eval)
+
+    publish = sub.add_parser(
+        "publish", help="upstream's release files of a checkpoint + a Hugging Face folder and card"
+    )
+    publish.add_argument("checkpoint", help="training checkpoint (repnext train's best.pth, or upstream's)")
+    publish.add_argument("--model", required=True, help="the variant it was trained as")
+    publish.add_argument("-o", "--output", required=True, help="folder to write (replaced atomically)")
+    publish.add_argument(
+        "--distillation", action="store_true", help="name files NAME_distill_... (else without_distill)"
+    )
+    publish.add_argument("--fused", action="store_true", help="also write the fused TorchScript NAME_..._fused.pt")
+    publish.add_argument("--epochs", type=_positive, help="epoch count in the names (default: the checkpoint's)")
+    publish.add_argument("--log", help="training log.txt (default: beside the checkpoint, or the run's --out)")
+    publish.add_argument("--eval", help="a `repnext eval` CSV table whose top-1 the card reports")
+    publish.add_argument("--latency", help="a `repnext bench` CSV table whose fused eager latency the card reports")
+    publish.set_defaults(func=cmd_publish)
 
     logs = sub.add_parser("logs", help="one row per training run from DeiT, timm, MMCV or Swin-style logs")
     logs.add_argument("paths", nargs="+", metavar="PATH_OR_GLOB", help="log files, folders (searched with "

@@ -27,12 +27,16 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .io import replace_dir
+
 __all__ = [
     "BUILTIN_DATASETS",
     "DatasetError",
     "ImageListDataset",
     "build_datasets",
+    "build_split",
     "check_image_folder",
+    "check_split",
     "load_rgb",
     "materialize_dataset",
     "photo_crops",
@@ -147,21 +151,10 @@ def materialize_dataset(
                 folder.mkdir(parents=True)
                 for index in range(per_class):
                     crops.images[label * per_class + index].save(folder / f"{index:04d}.png", format="PNG")
-        _replace_dir(scratch, root)
+        replace_dir(scratch, root)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return root
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move directory ``new`` to ``target``, replacing an existing ``target`` only once ``new`` is complete."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", suffix=".tmp", dir=target.parent))
-    os.replace(target, old / target.name)
-    os.replace(new, target)
-    shutil.rmtree(old)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -183,6 +176,26 @@ def load_rgb(path: str) -> Image.Image:
         raise DatasetError(f"{path}: corrupt or unreadable image ({error})") from None
 
 
+def check_split(root: str | os.PathLike, split: str, verify_images: bool = True) -> dict[str, int]:
+    """Validate one split ``root/split/<class>/<image>`` of an ImageNet-layout tree; return its class counts."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: missing split folder (expected the ImageNet layout {folder}/<class>/...)")
+    classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+    if not classes:
+        raise DatasetError(f"{folder}: no class folders (expected {folder}/<class>/<image>)")
+    counts = {}
+    for name in classes:
+        files = _image_files(folder / name)
+        if not files:
+            raise DatasetError(f"{folder / name}: empty class (no files ending in {', '.join(IMG_EXTENSIONS)})")
+        if verify_images:
+            for path in files:
+                load_rgb(os.fspath(path))
+        counts[name] = len(files)
+    return counts
+
+
 def check_image_folder(root: str | os.PathLike, verify_images: bool = True) -> dict[str, dict[str, int]]:
     """Validate an ImageNet-layout tree ``root/{train,val}/<class>/<image>``; return per-split class counts.
 
@@ -193,23 +206,7 @@ def check_image_folder(root: str | os.PathLike, verify_images: bool = True) -> d
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such directory (expected {root}/train/<class>/... and {root}/val/<class>/...)")
-    counts: dict[str, dict[str, int]] = {}
-    for split in SPLITS:
-        folder = root / split
-        if not folder.is_dir():
-            raise DatasetError(f"{folder}: missing split folder (expected the ImageNet layout {folder}/<class>/...)")
-        classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
-        if not classes:
-            raise DatasetError(f"{folder}: no class folders (expected {folder}/<class>/<image>)")
-        counts[split] = {}
-        for name in classes:
-            files = _image_files(folder / name)
-            if not files:
-                raise DatasetError(f"{folder / name}: empty class (no files ending in {', '.join(IMG_EXTENSIONS)})")
-            if verify_images:
-                for path in files:
-                    load_rgb(os.fspath(path))
-            counts[split][name] = len(files)
+    counts = {split: check_split(root, split, verify_images) for split in SPLITS}
     differ = sorted(set(counts["train"]) ^ set(counts["val"]))
     if differ:
         raise DatasetError(f"{root}: train and val have different classes ({len(differ)} differ, e.g. {differ[0]!r})")
@@ -234,3 +231,18 @@ def build_datasets(spec: str, train_transform=None, val_transform=None,
         ImageFolder(os.fspath(root / "train"), transform=train_transform, loader=load_rgb),
         ImageFolder(os.fspath(root / "val"), transform=val_transform, loader=load_rgb),
     )
+
+
+def build_split(spec: str, split: str = "val", transform=None, verify_images: bool = True) -> Dataset:
+    """One split of ``spec`` (``builtin:NAME`` or an ImageFolder tree), classes in sorted order as torchvision's."""
+    if _builtin_name(spec) is not None:
+        if split not in SPLITS:
+            raise DatasetError(f"{spec}: no split {split!r}; available: {', '.join(SPLITS)}")
+        per_class = PHOTOS_TRAIN_PER_CLASS if split == "train" else PHOTOS_VAL_PER_CLASS
+        dataset = photo_crops(split, per_class, PHOTOS_SIZE, PHOTOS_SEED)
+        dataset.transform = transform
+        return dataset
+    if not Path(spec).is_dir():
+        raise DatasetError(f"{spec}: no such directory (expected {spec}/{split}/<class>/...)")
+    check_split(spec, split, verify_images)
+    return ImageFolder(os.fspath(Path(spec) / split), transform=transform, loader=load_rgb)

@@ -31,7 +31,18 @@ class StageError(RuntimeError):
 
 def load_section(params_file: str | os.PathLike, section: str) -> dict:
     """The mapping at dotted ``section`` of a YAML params file (e.g. ``model_stats``)."""
-    data = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
+    path = Path(params_file)
+    if not path.is_file():
+        where = "" if path.is_absolute() else f" in {Path.cwd()}"
+        raise StageError(
+            f"--params: {params_file}: no such file{where} (run from the repository root or pass --params PATH)"
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise StageError(f"{params_file}{line}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
     for key in section.split("."):
         if not isinstance(data, Mapping) or key not in data:
             raise StageError(f"{params_file}: no section {section!r}")

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import json
 import math
 import random
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -49,8 +48,10 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, check_state_dict
+from .checkpoint import CheckpointError, check_state_dict, read_checkpoint
 from .datasets import build_datasets
+from .distributed import Distributed, runtime, setup_distributed, shard
+from .evaluation import evaluate_forms
 from .io import atomic_path, write_text
 from .registry import create_model
 
@@ -210,55 +211,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@contextlib.contextmanager
-def _runtime(threads: int | None, deterministic: bool) -> Iterator[None]:
-    """Set torch's thread count and deterministic mode for the run; restore both afterwards."""
-    old_threads, old_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    if threads:
-        torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_deterministic)
-
-
-@dataclass
-class Distributed:
-    """Where this process runs and its place among the torchrun processes (rank 0 of 1 without torchrun)."""
-
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    owned: bool = False  # this run created the process group, so it destroys it
-
-    @property
-    def enabled(self) -> bool:
-        return dist.is_available() and dist.is_initialized()
-
-    def sum(self, values: Sequence[float]) -> list[float]:
-        """Element-wise sum of ``values`` over all processes (identity in one process)."""
-        if not self.enabled:
-            return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
-
-
-def _setup_distributed(device: str | None) -> Distributed:
-    """Join the torchrun process group if there is one (or use the caller's); else one process."""
-    from timm.utils.distributed import init_distributed_device_so
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device: {device} requested but CUDA is not available")
-    if dist.is_available() and dist.is_initialized():
-        return Distributed(torch.device(device), dist.get_rank(), dist.get_world_size())
-    info = init_distributed_device_so(device)
-    return Distributed(torch.device(info["device"]), info["global_rank"], info["world_size"], info["distributed"])
-
-
 def _loaders(config: TrainConfig, train_set, val_set, dist_info: Distributed) -> tuple[DataLoader, DataLoader]:
     sampler = DistributedSampler(train_set, dist_info.world_size, dist_info.rank, shuffle=True, seed=config.seed)
     pin = dist_info.device.type == "cuda"
@@ -276,8 +228,8 @@ def _loaders(config: TrainConfig, train_set, val_set, dist_info: Distributed) ->
             f"--batch-size: {config.data} has {len(train_set)} training images, fewer than one batch "
             f"of {config.batch_size} per process ({dist_info.world_size} processes)"
         )
-    shard = Subset(val_set, range(dist_info.rank, len(val_set), dist_info.world_size))  # exact: no padded duplicates
-    val_loader = DataLoader(shard, config.batch_size, num_workers=config.workers, pin_memory=pin)
+    val_shard = Subset(val_set, shard(len(val_set), dist_info))  # exact: no padded duplicates
+    val_loader = DataLoader(val_shard, config.batch_size, num_workers=config.workers, pin_memory=pin)
     return train_loader, val_loader
 
 
@@ -346,7 +298,6 @@ def train_one_epoch(
     return {"lr": lr, "loss": total / steps}
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
@@ -356,22 +307,7 @@ def evaluate(
     progress: bool = False,
 ) -> dict[str, float]:
     """Cross-entropy and top-1/top-5 accuracy (percent) over every process's shard of the validation set."""
-    model.eval()
-    device = dist_info.device
-    loss_sum, correct1, correct5, count = 0.0, 0.0, 0.0, 0
-    for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, file=sys.stderr):
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            logits = model(images)
-        logits = logits.float()  # [B, num_classes]
-        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # [B, k]
-        hits = top.eq(targets[:, None])
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
-        count += targets.numel()
-    loss_sum, correct1, correct5, count = dist_info.sum([loss_sum, correct1, correct5, count])
-    return {"loss": loss_sum / count, "acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count}
+    return evaluate_forms({"model": model}, loader, dist_info, amp, desc, progress).metrics["model"]
 
 
 def _read_log(path: Path) -> list[dict]:
@@ -404,13 +340,13 @@ def _save_epoch(log: Path, rows: Sequence[dict], checkpoint_dir: Path | None, ch
 
 
 def _load_resume(path: str, model: nn.Module) -> dict:
-    """Read a training checkpoint and load its weights into ``model``; errors name the file."""
+    """Read a training checkpoint (path or URL) and load its weights into ``model``; errors name the file."""
+    from .weights import fetch_file
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"--resume: {path}: no such checkpoint file") from None
-    except Exception as error:
-        raise CheckpointError(f"--resume: {path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
+        state = read_checkpoint(fetch_file(path, "--resume"))
+    except CheckpointError as error:
+        raise CheckpointError(f"--resume: {error}") from None
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         raise CheckpointError(
@@ -453,9 +389,9 @@ def train(config: TrainConfig) -> list[dict]:
     ``KeyboardInterrupt`` the checkpoint of the last complete epoch stays resumable.
     """
     config.check()
-    dist_info = _setup_distributed(config.device)
+    dist_info = setup_distributed(config.device)
     try:
-        with _runtime(config.threads, deterministic=dist_info.device.type == "cpu"):
+        with runtime(config.threads, deterministic=dist_info.device.type == "cpu"):
             return _train(config, dist_info)
     finally:
         if dist_info.owned:
@@ -516,6 +452,7 @@ def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:
                 progress=progress,
             )
             scheduler.step(epoch + 1)
+            dist_info.broadcast_buffers(model)  # every process validates the model that rank 0 saves
             test = evaluate(model, val_loader, dist_info, amp, desc=f"{desc} val", progress=progress)
         except KeyboardInterrupt:
             if main_process:
@@ -545,4 +482,6 @@ def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:
                 f"test_acc1 {test['acc1']:.2f}  test_acc5 {test['acc5']:.2f}  max {max_accuracy:.2f}",
                 flush=True,
             )
+    if dist_info.enabled:
+        dist.barrier()  # every process returns once rank 0's checkpoint is complete
     return rows

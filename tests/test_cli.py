@@ -41,3 +41,26 @@ def test_bad_arguments_exit_nonzero_with_reason(capsys):
         main(["verify", "repnext_m0", "--resolution", "0"])
     assert raised.value.code == 2
     assert "--resolution: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_text_checkpoints_huge_resolutions_and_missing_params_are_one_line(tmp_path, monkeypatch):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a text file, not weights\n")
+    cases = [
+        (["export", "repnext_m0", "--format", "onnx", "--checkpoint", str(notes), "-o", str(tmp_path / "m.onnx")],
+         "repnext export"),
+        (["features", "repnext_m0", "--weights", str(notes), "-o", str(tmp_path / "maps")], "repnext features"),
+        (["train", "repnext_m0", "--data", "builtin:photos", "--out", str(tmp_path / "run"), "--resume", str(notes)],
+         "repnext train: --resume"),
+    ]  # fmt: skip
+    for argv, prefix in cases:
+        with pytest.raises(SystemExit, match=f"^{prefix}: {notes}: not a PyTorch checkpoint") as caught:
+            main(argv)
+        assert "\n" not in str(caught.value)
+    with pytest.raises(SystemExit, match=r"^repnext stats: --resolution 100000: one forward pass needs about [\d.]+ "
+                       r"GiB of activations .* more than the [\d.]+ GiB of memory available$"):  # fmt: skip
+        main(["stats", "repnext_m0", "--resolution", "100000"])
+    monkeypatch.chdir(tmp_path)  # outside the repository root, params.yaml is not here
+    with pytest.raises(SystemExit, match=r"^repnext notebook: --params: params\.yaml: no such file in .* \(run from"):
+        main(["notebook", "source.ipynb", "out.ipynb", "--section", "model_stats"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

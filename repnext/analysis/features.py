@@ -43,14 +43,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..checkpoint import load_checkpoint, read_state_dict
 from ..models.recnext import RecAttn2d, RecConv2d
 from ..models.recnext_tsb import PartialChannelMixer
 from ..models.repnext import ChunkConv
 from ..models.repnext_u import ChunkRepUnit, ParallelRepUnit
 from ..plotting import save_figure, use_style
-from ..registry import check_model_name
 from ..reparam import bn_scale_shift, reparameterize
+from ..weights import Weights, WeightsError, is_url, load_weights
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -59,8 +58,6 @@ __all__ = [
     "FeatureMaps",
     "ImageError",
     "Prediction",
-    "Weights",
-    "WeightsError",
     "branch_figure",
     "capture_branches",
     "channel_grid_figure",
@@ -70,7 +67,6 @@ __all__ = [
     "find_block",
     "image_name",
     "load_image",
-    "load_weights",
     "mixer_branches",
     "panel_figure",
     "preprocess",
@@ -86,8 +82,6 @@ DEFAULT_IMAGE = "skimage:chelsea"
 CMAP = "gray"
 
 _SKIMAGE_PREFIX = "skimage:"
-_HF_PREFIX = "hf-hub:"
-_URL_SCHEMES = ("http", "https", "file")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
@@ -97,15 +91,7 @@ class ImageError(ValueError):
     """An image that is missing, cannot be downloaded or cannot be decoded; the message names it."""
 
 
-class WeightsError(ValueError):
-    """Weights that cannot be found or loaded; the message names them."""
-
-
 # --- images -------------------------------------------------------------------------------------
-
-
-def _is_url(text: str) -> bool:
-    return urlparse(text).scheme in _URL_SCHEMES
 
 
 def _skimage_path(source: str) -> str:
@@ -157,7 +143,7 @@ def load_image(source: str | os.PathLike) -> Image.Image:
     """
     source = os.fspath(source)
     location = _skimage_path(source) if source.startswith(_SKIMAGE_PREFIX) else source
-    if _is_url(location):
+    if is_url(location):
         file: str | io.BytesIO = io.BytesIO(_download(location))
     elif os.path.isfile(location):
         file = location
@@ -178,7 +164,7 @@ def image_name(source: str | os.PathLike) -> str:
     if source.startswith(_SKIMAGE_PREFIX):
         stem = source.removeprefix(_SKIMAGE_PREFIX)
     else:
-        stem = Path(urlparse(source).path if _is_url(source) else source).stem
+        stem = Path(urlparse(source).path if is_url(source) else source).stem
     return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "image"
 
 
@@ -197,132 +183,13 @@ def _denormalize(tensor: Tensor, model: nn.Module) -> np.ndarray:
     return (tensor[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-# --- weights ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Weights:
-    """Where a model's weights came from, for titles and for naming its classes."""
-
-    description: str  # e.g. "untrained weights (random init, seed 0)"
-    trained: bool
-    class_names: tuple[str, ...] | None  # index -> name, when known
+# --- predictions ----------------------------------------------------------------------------------
 
 
 class Prediction(NamedTuple):
     index: int
     name: str
     probability: float
-
-
-def _imagenet_names() -> tuple[str, ...]:
-    info = timm.data.ImageNetInfo()
-    return tuple(info.index_to_description(i) for i in range(info.num_classes()))
-
-
-def _checkpoint_class_names(path: str | os.PathLike) -> list[str] | None:
-    """``class_names`` stored in a checkpoint, at the top level or in its ``args`` mapping."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # read_state_dict has vetted the file
-    if not isinstance(checkpoint, Mapping):
-        return None
-    args = checkpoint.get("args")
-    names = checkpoint.get("class_names")
-    if names is None and isinstance(args, Mapping):
-        names = args.get("class_names")
-    if isinstance(names, Sequence) and not isinstance(names, str) and all(isinstance(n, str) for n in names):
-        return list(names)
-    return None
-
-
-def _classifier_rows(state: Mapping[str, Tensor], model: nn.Module) -> int | None:
-    """The class count of a checkpoint, read from the model's first classifier weight."""
-    classifier = model.pretrained_cfg.get("classifier", ())
-    name = classifier if isinstance(classifier, str) else classifier[0]
-    weight = state.get(f"{name}.weight")
-    return None if weight is None else weight.shape[0]
-
-
-def _download_checkpoint(url: str) -> Path:
-    """Download ``url`` once into torch.hub's checkpoint cache (as ``load_state_dict_from_url`` does)."""
-    target = Path(torch.hub.get_dir()) / "checkpoints" / (os.path.basename(urlparse(url).path) or "checkpoint.pth")
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(url, os.fspath(target), progress=False)
-        except (OSError, ValueError) as error:
-            raise WeightsError(f"weights {url!r}: download failed ({error})") from None
-    return target
-
-
-def _load_released(model_name: str, spec: str) -> nn.Module:
-    """timm's released weights (``"pretrained"``), or those of the Hugging Face repository ``"hf-hub:ID"``."""
-    overlay = {"hf_hub_id": spec.removeprefix(_HF_PREFIX)} if spec.startswith(_HF_PREFIX) else {}
-    cfg = {**timm.create_model(model_name).pretrained_cfg, **overlay}
-    if not (cfg.get("url") or cfg.get("hf_hub_id") or cfg.get("file")):
-        raise WeightsError(f"weights {spec!r}: no released weights exist for {model_name}")
-    try:
-        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay)
-    except Exception as error:  # network, Hugging Face and checksum failures all mean the same to the user
-        raise WeightsError(
-            f"weights {spec!r}: could not load the released weights of {model_name} "
-            f"({type(error).__name__}: {error}); they need network access (Colab has it), "
-            "or pass a downloaded checkpoint's path"
-        ) from None
-
-
-def _load_file(model_name: str, path: str | os.PathLike) -> tuple[nn.Module, list[str] | None]:
-    model = timm.create_model(model_name)
-    rows = _classifier_rows(read_state_dict(path), model)
-    if rows is not None and rows != model.num_classes:  # a checkpoint trained on another dataset
-        model.reset_classifier(rows)
-    return load_checkpoint(model, path), _checkpoint_class_names(path)
-
-
-def _untrained(spec: str | None) -> bool:
-    return spec is None or spec.strip().lower() in ("", "none")
-
-
-def _load_model(model_name: str, spec: str | None, seed: int) -> tuple[nn.Module, str, list[str] | None]:
-    """``(model, description, class names stored in the checkpoint)`` for one weights ``spec``."""
-    with torch.random.fork_rng(devices=[]):  # a fixed init that leaves the caller's random state alone
-        torch.manual_seed(seed)
-        if _untrained(spec):
-            return timm.create_model(model_name), f"untrained weights (random init, seed {seed})", None
-        if spec == "pretrained" or spec.startswith(_HF_PREFIX):
-            source = "timm pretrained" if spec == "pretrained" else spec
-            return _load_released(model_name, spec), f"released weights ({source})", None
-        if _is_url(spec):
-            path = _download_checkpoint(spec)
-            model, names = _load_file(model_name, path)
-            return model, f"weights from {path.name}", names
-        if os.path.isfile(spec):
-            model, names = _load_file(model_name, spec)
-            return model, f"weights from {Path(spec).name}", names
-    raise WeightsError(
-        f"weights {spec!r}: no such checkpoint file; expected None, 'pretrained', 'hf-hub:ID', a path or a URL"
-    )
-
-
-def load_weights(model_name: str, weights: str | os.PathLike | None = None, seed: int = 0) -> tuple[nn.Module, Weights]:
-    """Create ``model_name`` in eval mode with ``weights``, and describe them.
-
-    ``weights``: ``None``/``"none"`` (random init from ``seed``), ``"pretrained"`` (the released weights
-    through timm: network needed), ``"hf-hub:ID"`` (a Hugging Face repository's, e.g.
-    ``hf-hub:suous/recnext_m1.dist_300e_in1k``), a checkpoint path (upstream ``{'model': state_dict}``
-    or a plain state dict; a different class count is taken from the checkpoint) or an http(s)/file URL of one.
-    Class names: the checkpoint's ``class_names`` (top level or in ``args``), else ImageNet's for
-    trained 1000-class weights, else none.
-    """
-    model_name = check_model_name(model_name, "model")
-    spec = None if weights is None else os.fspath(weights)
-    model, description, checkpoint_names = _load_model(model_name, spec, seed)
-    trained = not _untrained(spec)
-    names = None
-    if checkpoint_names is not None and len(checkpoint_names) == model.num_classes:
-        names = tuple(checkpoint_names)
-    elif trained and model.num_classes == 1000:
-        names = _imagenet_names()
-    return model.eval(), Weights(description, trained, names)
 
 
 def top_predictions(logits: Tensor, class_names: Sequence[str] | None = None, k: int = 5) -> list[Prediction]:
@@ -611,6 +478,10 @@ def compute_feature_maps(
     """
     _check_positive(input_size, "input_size")
     network, described = load_weights(model, weights)
+    if described.form != "train":
+        raise WeightsError(
+            f"weights {os.fspath(weights)!r}: a fused model; feature maps need the training form's branches"
+        )
     find_block(network, stage, block)  # a bad stage or block fails before the image is read
     tensor = preprocess(load_image(image), network, input_size)
     capture = capture_branches(network, tensor, stage, block)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..registry import list_models
 from ..reparam import reparameterize
 from ..tables import Table
 
@@ -99,15 +100,29 @@ def check_timm_model(name: str) -> str:
     return name
 
 
-def build_model(name: str, form: str, device: torch.device) -> nn.Module:
-    """``name`` with random weights in eval mode, fused when ``form == 'fused'``.
+def build_model(name: str, form: str, device: torch.device, weights: str | None = None) -> nn.Module:
+    """``name`` in eval mode, fused when ``form == 'fused'``; random weights unless ``weights`` is given.
 
     Models from this package fuse with :func:`repnext.reparameterize`; timm's peers (RepViT,
     MobileOne, FastViT, ...) with ``timm.utils.reparameterize_model`` (a no-op for models with
-    nothing to fuse). Random weights time the same as trained ones.
+    nothing to fuse). Random weights time the same as trained ones. ``weights`` (any spec of
+    :func:`repnext.weights.load_weights`, a fused TorchScript file included) applies to this package's variants.
     """
     if form not in FORMS:
         raise BenchmarkError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
+    if weights is not None and name in list_models():
+        from ..weights import load_weights
+
+        try:
+            model, loaded = load_weights(name, weights)
+        except ValueError as error:
+            raise BenchmarkError(str(error)) from None
+        if loaded.form != "train":
+            if form == "unfused":
+                raise BenchmarkError(f"--weights {weights}: a fused model; pass --fused")
+            return model.to(device)
+        model = model.to(device)
+        return reparameterize(model) if form == "fused" else model
     model = timm.create_model(name, pretrained=False).eval().to(device)
     if form == "fused":
         model = reparameterize(model) if type(model).__module__.startswith("repnext.") else _timm_fuse(model)
@@ -278,10 +293,12 @@ def benchmark(
     throughput_seconds: tuple[float, float] = (5.0, 10.0),
     unfused_backends: Sequence[str] | None = None,
     progress: bool | None = None,
+    weights: str | None = None,
 ) -> tuple[Table, Table | None]:
     """Batch-1 latency of every ``model x form x backend``, interleaved, and (``batch_size > 1``)
     throughput at ``batch_size`` (``throughput_seconds`` = warm-up and measuring time per configuration).
     ``unfused_backends`` restricts the training form to those backends (default: all of ``backends``).
+    ``weights`` loads this package's variants through :func:`repnext.weights.load_weights` (default: random).
 
     Returns ``(latency, throughput)`` tables; latency rows carry the fused model's fvcore MACs and,
     given this machine's ``sgemm_gmacs`` rate, the achieved MAC rate as a fraction of it.
@@ -299,7 +316,7 @@ def benchmark(
 
     def model_in(name: str, form: str) -> nn.Module:
         if (name, form) not in built:
-            built[name, form] = build_model(name, form, dev)
+            built[name, form] = build_model(name, form, dev, weights)
         return built[name, form]
 
     with num_threads(threads), tempfile.TemporaryDirectory(prefix="repnext-bench-") as tmp:

@@ -12,6 +12,7 @@ additions, pooling means, channel shuffles); the ops it skipped are reported by 
 from __future__ import annotations
 
 import csv
+import os
 import warnings
 from importlib import resources
 
@@ -67,6 +68,69 @@ def count_macs(model: nn.Module, resolution: int | tuple[int, int], in_chans: in
     return total, sorted(analysis.unsupported_ops())
 
 
+_PROBE_SIDE = 64
+_PEAK_FACTOR = 3  # a layer's input, its output and one branch temporary are alive at once
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable`` of ``/proc/meminfo``), if known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@torch.no_grad()
+def largest_activation_bytes(model: nn.Module, resolution: int | tuple[int, int], in_chans: int = 3) -> int:
+    """Bytes of the largest tensor a module of ``model`` outputs on one ``[1, in_chans, H, W]`` input.
+
+    Measured with forward hooks on a ``64 x 64`` probe and scaled by the pixel ratio (activations grow
+    with ``H x W``), so nothing of the real size is allocated.
+    """
+    height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
+    param = next(model.parameters())
+    sizes = [in_chans * _PROBE_SIDE * _PROBE_SIDE]
+
+    def record(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel())
+
+    handles = [module.register_forward_hook(record) for module in model.modules()]
+    try:
+        model.eval()(torch.zeros(1, in_chans, _PROBE_SIDE, _PROBE_SIDE, dtype=param.dtype, device=param.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    scale = height * width / (_PROBE_SIDE * _PROBE_SIDE)
+    return int(max(sizes) * scale * param.element_size())
+
+
+def check_activation_memory(model: nn.Module, resolution: int | tuple[int, int], where: str = "--resolution") -> None:
+    """Raise ``ValueError`` naming ``where`` when one forward pass at ``resolution`` cannot fit in memory.
+
+    The estimate is :data:`_PEAK_FACTOR` times :func:`largest_activation_bytes`, checked before anything
+    of that size is allocated.
+    """
+    available = available_memory()
+    if available is None:
+        return
+    needed = _PEAK_FACTOR * largest_activation_bytes(model, resolution)
+    if needed > available:
+        size = resolution if isinstance(resolution, int) else "x".join(map(str, resolution))
+        raise ValueError(
+            f"{where} {size}: one forward pass needs about {needed / 2**30:.1f} GiB of activations "
+            f"({_PEAK_FACTOR} x the largest, {needed / _PEAK_FACTOR / 2**30:.1f} GiB), "
+            f"more than the {available / 2**30:.1f} GiB of memory available"
+        )
+
+
 def published_results() -> list[dict[str, str]]:
     """Rows of the published-results CSV shipped with the package (each row names its source)."""
     text = resources.files("repnext").joinpath("data", "published_results.csv").read_text(encoding="utf-8")
@@ -97,6 +161,7 @@ def model_stats(names: list[str], resolution: int = 224, forms: tuple[str, ...] 
     rows = []
     for name in names:
         model = create_model(check_model_name(name)).eval()
+        check_activation_memory(model, resolution)
         params_train, standalone = count_parameters(model), standalone_batchnorm_parameters(model)
         for form in (f for f in forms if f != "single_branch" or has_single_branch_form(model)):
             fused = model if form == "train" else reparameterize(model, single_branch=form == "single_branch")

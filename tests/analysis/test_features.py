@@ -17,11 +17,9 @@ from repnext.analysis.equivalence import randomize_batchnorm
 from repnext.analysis.features import (
     REPOSITORY_URL,
     ImageError,
-    WeightsError,
     capture_branches,
     compute_feature_maps,
     load_image,
-    load_weights,
     panel_figure,
     write_feature_maps,
 )
@@ -178,58 +176,6 @@ def test_urls_download_or_fail_clearly(tmp_path):
     assert features.image_name("https://example.org/a/my.cat.jpg?x=1") == "my_cat"
     assert features.image_name("skimage:chelsea") == "chelsea"
     assert load_image(features.DEFAULT_IMAGE).size == (451, 300)
-
-
-def test_checkpoint_weights_name_their_classes(tmp_path):
-    source = timm.create_model("repnext_m0", num_classes=3)
-    names = ["cat", "dog", "fish"]
-    torch.save({"model": source.state_dict(), "args": {"class_names": names}}, tmp_path / "ours.pth")
-    model, weights = load_weights("repnext_m0", tmp_path / "ours.pth")
-    assert model.num_classes == 3 and weights.trained and weights.class_names == tuple(names)
-    assert weights.description == "weights from ours.pth"
-    assert torch.equal(model.state_dict()["head.head.linear.weight"], source.state_dict()["head.head.linear.weight"])
-    predictions = features.top_predictions(torch.tensor([[0.0, 2.0, 1.0]]), weights.class_names)
-    assert [p.name for p in predictions] == ["dog", "fish", "cat"]
-    assert sum(p.probability for p in predictions) == pytest.approx(1)
-    torch.save(timm.create_model("repnext_m0").state_dict(), tmp_path / "imagenet.pth")
-    _, imagenet = load_weights("repnext_m0", str(tmp_path / "imagenet.pth"))
-    assert imagenet.class_names[281] == "tabby, tabby cat" and len(imagenet.class_names) == 1000
-
-
-def test_untrained_weights_are_seeded_and_say_so():
-    state = torch.get_rng_state()
-    first, weights = load_weights("repnext_m0", None)
-    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched
-    second, _ = load_weights("repnext_m0", "none")
-    pairs = zip(first.state_dict().values(), second.state_dict().values(), strict=True)
-    assert all(torch.equal(a, b) for a, b in pairs)
-    assert weights == features.Weights("untrained weights (random init, seed 0)", False, None)
-
-
-def test_unavailable_weights_fail_clearly(tmp_path, monkeypatch):
-    with pytest.raises(WeightsError, match="weights 'pretrained': no released weights exist for repnext_u1_tiny"):
-        load_weights("repnext_u1_tiny", "pretrained")
-    with pytest.raises(WeightsError, match=r"weights 'nowhere\.pth': no such checkpoint file"):
-        load_weights("repnext_m0", "nowhere.pth")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(WeightsError, match=r"weights 'file:///.*/gone\.pth': download failed"):
-        load_weights("repnext_m0", (tmp_path / "gone.pth").as_uri())
-    create = timm.create_model
-
-    requested = []
-
-    def offline(name, pretrained=False, pretrained_cfg_overlay=None, **kwargs):
-        if pretrained:
-            requested.append(pretrained_cfg_overlay)
-            raise OSError("[Errno -2] Name or service not known")
-        return create(name, **kwargs)
-
-    monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(WeightsError, match=r"released weights of repnext_m0 \(OSError: .*\); they need network"):
-        load_weights("repnext_m0", "pretrained")
-    with pytest.raises(WeightsError, match=r"^weights 'hf-hub:suous/recnext_m0.dist_300e_in1k': could not load"):
-        load_weights("recnext_m0", "hf-hub:suous/recnext_m0.dist_300e_in1k")
-    assert requested == [{}, {"hf_hub_id": "suous/recnext_m0.dist_300e_in1k"}]
 
 
 def test_bad_settings_name_the_parameter():

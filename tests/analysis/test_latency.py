@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import timm
 import torch
 
 from repnext.analysis.accuracy_latency import (
@@ -126,3 +127,16 @@ def test_published_accuracy_latency_rows_name_their_source_and_device():
 def test_latency_fixture_matches_the_stage_columns():
     frame = pd.read_csv(ROOT / "tests" / "data" / "latency_cpu.csv")
     assert {"repnext_m1", "repvit_m0_9"} <= set(frame.model) and frame.fastest_ms.gt(0).all()
+
+
+def test_bench_models_load_weights_through_the_resolver(tmp_path):
+    from repnext.analysis.latency import build_model
+
+    torch.manual_seed(1)
+    source = timm.create_model("repnext_m0", num_classes=4, embed_dim=(8, 16, 32, 64), depth=(1, 1, 1, 1)).eval()
+    torch.save({"model": source.state_dict(), "args": {}}, tmp_path / "tiny.pth")
+    with pytest.raises(BenchmarkError, match=r"tiny\.pth: shape mismatch"):  # the variant's own architecture
+        build_model("repnext_m0", "fused", torch.device("cpu"), str(tmp_path / "tiny.pth"))
+    torch.save({"model": timm.create_model("repnext_m0", num_classes=4).state_dict()}, tmp_path / "m0.pth")
+    fused = build_model("repnext_m0", "fused", torch.device("cpu"), str(tmp_path / "m0.pth"))
+    assert fused.num_classes == 4 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
