@@ -147,7 +147,7 @@ def collect_report(root: str | os.PathLike = ".", skip: Iterable[str] = ("report
     params_files: dict[str, dict] = {}
     reports = []
     for stage in stages:
-        name = stage.addressing
+        name = stage.name  # as dvc.lock keys it, e.g. feature_maps@recnext_m0
         if name in skip or name.split("@")[0] in skip:
             continue
         params: dict[str, object] = {}
