@@ -1,5 +1,5 @@
 # Two entry points, each setting up .venv on first use:
-#   make repro   install, then rebuild every figure and table (dvc repro)
+#   make repro   install, then rebuild every figure and table (dvc repro) and print the report's path
 #   make test    install, then lint and run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[pipeline,export,dev]'
 	touch $@
 
+REPORT := artifacts/report.html
+
 repro: $(STAMP)
 	$(BIN)/dvc repro
+	@echo "Report of every figure and table, by stage: $(CURDIR)/$(REPORT)"
 
 # Rebuild everything twice and compare bytes; only time measurements (files named latency*) are exempt.
 determinism: $(STAMP)

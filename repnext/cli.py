@@ -191,6 +191,24 @@ def cmd_render(args: argparse.Namespace) -> None:
             raise SystemExit(f"repnext render: {page}: " + "; ".join(problems))
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from .render import check_page
+    from .report import ReportError, render_report
+
+    try:
+        page = render_report(args.output)
+    except ReportError as error:
+        raise SystemExit(f"repnext report: {error}") from None
+    if args.check or args.screenshot:
+        try:
+            problems = check_page(page, screenshot=args.screenshot, expect_math=False, expect_checks=False)
+        except FileNotFoundError as error:
+            raise SystemExit(f"repnext report: --check: {error}") from None
+        if problems:
+            raise SystemExit(f"repnext report: {page}: " + "; ".join(problems))
+    print(page)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import config_from_args, train
 
@@ -374,6 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--check", action="store_true", help="then open the page in headless Chromium and check it")
     render.add_argument("--screenshot", help="with the check, save a PNG of the top of the page here")
     render.set_defaults(func=cmd_render)
+
+    report = sub.add_parser("report", help="one offline HTML page of every figure and table, by pipeline stage")
+    report.add_argument(
+        "output", nargs="?", default="artifacts/report.html", help="page to write (default: %(default)s)"
+    )
+    report.add_argument("--check", action="store_true", help="then open the page in headless Chromium and check it")
+    report.add_argument("--screenshot", help="with the check, save a PNG of the top of the page here")
+    report.set_defaults(func=cmd_report)
 
     train = sub.add_parser("train", help="train a variant: DeiT log.txt, upstream checkpoints; multi-GPU via torchrun")
     add_train_arguments(train)

@@ -241,13 +241,14 @@ def find_chromium() -> str | None:
 
 def check_page(html_path: str | os.PathLike, screenshot: str | os.PathLike | None = None,
                window: tuple[int, int] = (1280, 4000), chromium: str | None = None,
-               timeout: float = 120) -> list[str]:  # fmt: skip
+               timeout: float = 120, expect_math: bool = True,
+               expect_checks: bool = True) -> list[str]:  # fmt: skip
     """Open ``html_path`` in headless Chromium, offline, and return the problems of the loaded page.
 
     The DOM after loading must pass :func:`page_problems` (math typeset as ``<math>``, no raw ``$``,
-    every verification row ``true``). Host names resolve nowhere, so a page that needs the network fails.
-    ``screenshot`` saves a PNG of the top ``window`` pixels (width, height). Raises ``FileNotFoundError``
-    when no Chromium is installed.
+    every verification row ``true``; ``expect_math`` and ``expect_checks`` as there). Host names resolve
+    nowhere, so a page that needs the network fails. ``screenshot`` saves a PNG of the top ``window``
+    pixels (width, height). Raises ``FileNotFoundError`` when no Chromium is installed.
     """
     browser = chromium or find_chromium()
     if browser is None:
@@ -263,7 +264,7 @@ def check_page(html_path: str | os.PathLike, screenshot: str | os.PathLike | Non
         dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=timeout)
     if dom.returncode != 0 or not dom.stdout.strip():
         return [f"chromium could not load {url} (exit {dom.returncode}): {dom.stderr.strip()[-300:]}"]
-    problems = page_problems(dom.stdout)
+    problems = page_problems(dom.stdout, expect_math=expect_math, expect_checks=expect_checks)
     if screenshot is not None and not target.is_file():
         problems.append(f"chromium wrote no screenshot to {target}")
     return problems

@@ -1,0 +1,62 @@
+"""The newcomer path: clone the repository, edit one params.yaml section, rebuild that stage through DVC."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from repnext.report import dir_md5
+
+ROOT = Path(__file__).parents[1]
+# The cheapest stage that reads params.yaml: the dataset, here reduced to 8 classes x (2 train + 1 val) crops of 16 px.
+REDUCED = {"size": 16, "train_per_class": 2, "val_per_class": 1}
+
+
+def _in_git_checkout() -> bool:
+    found = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=ROOT, capture_output=True, text=True)
+    return found.returncode == 0 and Path(found.stdout.strip()).resolve() == ROOT.resolve()
+
+
+def _edit_section(text: str, section: str, values: dict) -> str:
+    """``text`` of params.yaml with ``values`` set in the block ``section`` (other lines untouched, byte for byte)."""
+    block = re.search(rf"^{section}:\n(?:[ ]+.*\n)+", text, re.MULTILINE)
+    assert block, f"params.yaml has no block section {section!r}"
+    edited = block.group()
+    for key, value in values.items():
+        edited, count = re.subn(rf"^(  {key}: ).*$", rf"\g<1>{value}", edited, flags=re.MULTILINE)
+        assert count == 1, f"params.yaml: {section}.{key} not found"
+    return text[: block.start()] + edited + text[block.end() :]
+
+
+@pytest.mark.skipif(not _in_git_checkout(), reason="needs a git checkout of the repository")
+def test_a_fresh_clone_rebuilds_an_edited_stage_through_dvc(tmp_path):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, capture_output=True)
+    params = clone / "params.yaml"
+    params.write_text(_edit_section(params.read_text(), "dataset", REDUCED))
+    env = {**os.environ, "PYTHONPATH": str(clone), "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+
+    def dvc(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=clone, env=env, capture_output=True, text=True)
+
+    repro = dvc("repro", "--single-item", "dataset")
+    assert repro.returncode == 0, repro.stdout + repro.stderr
+    status = dvc("status", "dataset", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout + status.stderr
+
+    # What the edit asked for was built, and dvc.lock records it ...
+    root = yaml.safe_load(params.read_text())["dataset"]["root"]
+    images = sorted(p.relative_to(clone / root).parts[0] for p in (clone / root).rglob("*.png"))
+    assert images.count("train") == 8 * REDUCED["train_per_class"] and images.count("val") == 8
+    locked = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["dataset"]
+    assert locked["params"]["params.yaml"]["dataset"]["size"] == REDUCED["size"]
+    assert locked["outs"][0]["md5"] == dir_md5(clone / root)
+    # ... and nothing else changed: every committed output is byte-identical, no file appeared or vanished.
+    changed = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True)
+    assert sorted(changed.stdout.splitlines()) == [" M dvc.lock", " M params.yaml"], changed.stdout
