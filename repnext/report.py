@@ -4,16 +4,16 @@
 ``params.yaml`` section each stage reads and the hashes ``dvc.lock`` records for its outputs, and compares each
 recorded hash with the file in the workspace (DVC's md5; for a folder DVC's ``.dir`` hash), so a reader sees
 what was built from what and what was edited since. :func:`render_report` writes the page: one section per
-stage (its ``desc``, its parameters, its outputs with their hashes), PNG and SVG figures embedded as data URIs,
-CSV tables as HTML tables, metrics as key/value tables, other files (PDF, LaTeX, notebooks, logs) linked
-relatively. Files named ``latency*`` hold time measurements, which differ between runs: they are linked
-(figures shown through a relative ``<img>``), never embedded, so the page stays byte-identical across reruns.
+stage (its ``desc``, its parameters, its outputs with their hashes), CSV tables as HTML tables, metrics as
+key/value tables, PNG and SVG figures shown through relative ``<img>`` links (embedding them made an 8 MB page
+that changed with every figure), other files (PDF, LaTeX, notebooks, logs) linked relatively: the page works
+offline from its place in the repository. Files named ``latency*`` hold time measurements, which differ between
+runs: their tables are linked, not copied in, so the page stays byte-identical across reruns.
 dvc.lock is read as it is; a stage it lacks or records differently is reported, never an error.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import html
@@ -30,7 +30,7 @@ import yaml
 
 from .io import write_text
 
-FIGURE_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
+FIGURE_TYPES = frozenset({".png", ".svg"})  # shown as images; the other formats are linked
 _SHOWN_FIRST = (".png", ".svg", ".csv", ".json")  # how a group of files with one stem is shown, in preference
 _RELATIVE_LINK = re.compile(r'\s(?:src|href)="(?!data:|#)([^"]+)"')
 
@@ -241,13 +241,8 @@ def _show_file(root: Path, path: str, siblings: list[str], base: Path) -> str:
         return caption
     suffix = posixpath.splitext(shown)[1]
     if suffix in FIGURE_TYPES:
-        if is_time_measurement(shown):
-            src = _relative(str(root / shown), base)
-            note = '<p class="note">A time measurement: shown from the file, not embedded.</p>'
-        else:
-            data = base64.b64encode((root / shown).read_bytes()).decode("ascii")
-            src, note = f"data:{FIGURE_TYPES[suffix]};base64,{data}", ""
-        image = f'<img src="{_escape(src)}" alt="{_escape(shown)}">'
+        note = '<p class="note">A time measurement: different in every run.</p>' if is_time_measurement(shown) else ""
+        image = f'<img src="{_escape(_relative(str(root / shown), base))}" alt="{_escape(shown)}">'
         return f"<figure>{image}{note}<figcaption>{caption}</figcaption></figure>"
     if is_time_measurement(shown):
         return caption + '<p class="note">A time measurement, different in every run: open the file.</p>'
@@ -288,9 +283,9 @@ def report_html(stages: list[StageReport], root: str | os.PathLike, html_path: s
         "<h1>Pipeline report: every figure and table, by stage</h1>\n",
         "<p>One section per stage of <code>dvc.yaml</code>, in its order: the stage's description, the section of "
         "<code>params.yaml</code> it reads, and each output with the md5 hash <code>dvc.lock</code> records for it, "
-        "compared with the file in the workspace. Figures and tables are embedded; PDF, LaTeX, Markdown, notebooks and "
+        "compared with the file in the workspace. Tables are copied in; figures, PDF, LaTeX, Markdown, notebooks and "
         "logs are linked relatively (open this page from its place in the repository). Files named "
-        "<code>latency*</code> are time measurements and are linked, not embedded, so this page is byte-identical "
+        "<code>latency*</code> are time measurements and are linked, not copied in, so this page is byte-identical "
         "across reruns.</p>\n",
         f"<p>{len(stages)} stages; "
         + (
