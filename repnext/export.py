@@ -102,7 +102,7 @@ def _max_abs(ours: np.ndarray, reference: torch.Tensor) -> float:
 
 def verify_onnx(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
     """Max abs difference between ONNX Runtime and PyTorch on ``inputs``."""
-    from .analysis.latency import onnx_session
+    from .analysis.latency.backends import onnx_session
 
     session = onnx_session(path, threads=torch.get_num_threads())
     (output,) = session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})
