@@ -1,7 +1,9 @@
 """One worker process per backend, and the coordinator's side of talking to it.
 
-A worker is started with ``spawn`` (a fresh interpreter, nothing inherited) and its thread
-settings in the environment (``OMP_NUM_THREADS`` and friends) before any library starts a pool.
+A worker is forked from a ``forkserver`` that has only *imported* torch, timm and the backends
+(never run them, so no thread pool exists yet; ``spawn`` where there is no forkserver), and sets
+its thread counts (``OMP_NUM_THREADS`` and friends, torch's intra-op threads) before any library
+starts a pool. Forking from the server saves each worker the seconds of importing torch again.
 It holds the prepared configurations of its backend and answers requests from one pipe: ``build``
 (the builder only: models, fvcore MACs, ONNX and pickled models for the other workers, reference
 outputs), ``prepare`` (verify against the reference, then keep), ``peak``, ``warmup``, ``block``
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import multiprocessing
 import os
 import signal
@@ -58,6 +61,23 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _stopped(pid: int) -> bool | None:
+    """Whether ``pid`` is stopped (state ``T``), from ``/proc``; ``None`` where that cannot be read."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "Tt"
+    except OSError:
+        return None
+
+
+@functools.cache
+def _context() -> multiprocessing.context.BaseContext:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["repnext.analysis.latency.session"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 class WorkerError(RuntimeError):
     """A worker's request failed; the message is the worker's one line."""
 
@@ -66,7 +86,7 @@ class Worker:
     """A worker process for ``backend`` with ``threads`` threads on ``device``; exports go to ``workdir``."""
 
     def __init__(self, backend: str, threads: int, device: str, workdir: Path) -> None:
-        context = multiprocessing.get_context("spawn")
+        context = _context()
         self.backend = backend
         self._conn, child = context.Pipe()
         self._process = context.Process(target=_serve, args=(child, backend, threads, device, str(workdir)),
@@ -106,8 +126,11 @@ class Worker:
         if self.paused or not _CAN_STOP or self._pending:
             return
         os.kill(self.pid, signal.SIGSTOP)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, os.WUNTRACED)
+        deadline = time.perf_counter() + 2.0
+        while _stopped(self.pid) is False and time.perf_counter() < deadline:
+            time.sleep(1e-4)  # delivery is asynchronous: wait until every thread has stopped
+        if _stopped(self.pid) is None:
+            time.sleep(0.01)  # no /proc: give the signal time to land
         self.paused = True
 
     def resume(self) -> None:
@@ -163,6 +186,7 @@ def _die_with_parent() -> None:
 def _serve(conn, backend: str, threads: int, device: str, workdir: str) -> None:
     """The worker's loop: answer requests until ``stop``; a failure is one line, never a traceback."""
     _die_with_parent()
+    os.environ.update(thread_environment(threads))  # a forked worker has the server's environment
     import torch
 
     torch.set_num_threads(threads)
