@@ -238,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export the fused model and verify the artifact against PyTorch")
     export.add_argument("model", help="a repnext variant")
-    export.add_argument("--format", required=True, choices=("onnx", "torchscript", "coreml"))
-    export.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .mlpackage)")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript", "openvino", "coreml"))
+    export.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .xml + .bin, .mlpackage)")
     export.add_argument("--checkpoint", help="weights to load (upstream {'model': ...} or a plain state dict)")
     export.add_argument("--num-classes", type=_positive, help="classifier size when the checkpoint is not ImageNet")
     export.add_argument("--resolution", type=_positive, default=224, help="input height and width")

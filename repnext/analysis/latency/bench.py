@@ -105,8 +105,9 @@ class _Run:
         return samples, done
 
     def _settled(self, times: list[float]) -> bool:
+        """At least three calls, and an IQR within ``spread_target`` of the median."""
         median, iqr, _ = spread(times)
-        return iqr <= self.spread_target * median
+        return len(times) >= 3 and iqr <= self.spread_target * median
 
     def throughput(self, backend: str, key: str, batch_size: int, seconds: tuple[float, float]) -> tuple[float, int]:
         return self.isolated(backend, "throughput", key, batch_size, *seconds)
