@@ -66,22 +66,21 @@ def cmd_stats(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     import torch
 
-    from .analysis.latency import BenchmarkError, benchmark, sgemm_rate
+    from .analysis.latency import BenchmarkError, benchmark, describe_peak
 
     args.threads = args.threads or torch.get_num_threads()
     try:
-        sgemm = sgemm_rate(args.threads) if args.device == "cpu" else None
-        latency, rates = benchmark(
+        result = benchmark(
             args.models, args.forms or ["unfused", "fused"], args.backends or ["eager"], args.resolution,
-            args.threads, args.device, args.rounds, args.warmup, args.batch_size, sgemm, weights=args.weights,
+            args.threads, args.device, args.rounds, args.warmup, args.batch_size, min_rounds=args.min_rounds,
+            block_ms=args.block_ms, gemm_size=args.gemm_size, weights=args.weights,
         )  # fmt: skip
     except BenchmarkError as error:
         raise SystemExit(f"repnext bench: {error}") from None
-    if sgemm is not None:
-        print(f"sgemm: {sgemm:.1f} GMAC/s on {args.threads} thread(s)", file=sys.stderr)
-    _emit(latency, args.format, args.output)
-    if rates is not None:
-        _emit(rates, args.format, args.throughput_output)
+    print(describe_peak(result, args.threads), file=sys.stderr)
+    _emit(result.latency, args.format, args.output)
+    if result.throughput is not None:
+        _emit(result.throughput, args.format, args.throughput_output)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -291,8 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resolution", type=_positive, default=224)
     bench.add_argument("--threads", type=_positive, help="intra-op threads (default: torch's)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
-    bench.add_argument("--rounds", type=_positive, default=30, help="timed interleaved rounds")
-    bench.add_argument("--warmup", type=_positive, default=5, help="untimed calls per configuration first")
+    bench.add_argument("--rounds", type=_positive, default=10, help="most rounds of timed blocks")
+    bench.add_argument("--min-rounds", type=_positive, help="stop a configuration after this many rounds once its "
+                       "IQR is within 5%% of its median (default: always --rounds)")  # fmt: skip
+    bench.add_argument("--block-ms", type=float, default=20.0, help="length of one timed block (calls in a row)")
+    bench.add_argument("--gemm-size", type=_positive, default=2048, help="side of the reference float32 GEMM")
+    bench.add_argument("--warmup", type=_positive, default=3, help="untimed calls per configuration first")
     bench.add_argument("--format", choices=FORMATS, default="md")
     bench.add_argument("-o", "--output", help="write the latency table here; the suffix picks the format")
     bench.add_argument("--throughput-output", help="write the throughput table here (with --batch-size > 1)")
@@ -300,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export the fused model and verify the artifact against PyTorch")
     export.add_argument("model", help="a repnext variant")
-    export.add_argument("--format", required=True, choices=("onnx", "torchscript", "coreml"))
-    export.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .mlpackage)")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript", "openvino", "coreml"))
+    export.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .xml + .bin, .mlpackage)")
     export.add_argument("--weights", "--checkpoint", dest="weights", help="none (default), pretrained, "
                         "hf-hub:ID, a checkpoint or fused TorchScript .pt (path or URL)")  # fmt: skip
     export.add_argument("--num-classes", type=_positive, help="classifier size when the checkpoint is not ImageNet")

@@ -1,4 +1,4 @@
-"""Export the fused model to ONNX, TorchScript or Core ML, and verify the artifact against PyTorch.
+"""Export the fused model to ONNX, TorchScript, OpenVINO IR or Core ML, and verify the artifact against PyTorch.
 
 :func:`export_model` writes each export to a temporary path and moves it into place only after it ran (ONNX Runtime,
 ``torch.jit.load``) and matched the PyTorch model on random input within a tolerance, so a failed or
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-EXPORT_FORMATS = ("onnx", "torchscript", "coreml")
+EXPORT_FORMATS = ("onnx", "torchscript", "openvino", "coreml")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -75,6 +75,18 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, example: torch
     return path
 
 
+def export_openvino(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
+    """OpenVINO IR: ``path`` (``.xml``) and the float32 weights beside it (``.bin``), converted from the
+    ONNX export (dynamic batch axis, fixed H and W)."""
+    import openvino as ov
+
+    path = Path(path)
+    onnx_path = export_onnx(model, path.with_suffix(".onnx"), example)
+    ov.save_model(ov.convert_model(str(onnx_path)), str(path), compress_to_fp16=False)  # default would halve weights
+    onnx_path.unlink()
+    return path
+
+
 def export_coreml(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
     """Convert ``model`` to a Core ML ``.mlpackage`` (ML program, iOS 16+) with a fixed input shape."""
     if missing_package("coremltools"):
@@ -102,10 +114,19 @@ def _max_abs(ours: np.ndarray, reference: torch.Tensor) -> float:
 
 def verify_onnx(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
     """Max abs difference between ONNX Runtime and PyTorch on ``inputs``."""
-    from .analysis.latency import onnx_session
+    from .analysis.latency.backends import onnx_session
 
     session = onnx_session(path, threads=torch.get_num_threads())
     (output,) = session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})
+    with torch.no_grad():
+        return _max_abs(output, model(inputs))
+
+
+def verify_openvino(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
+    """Max abs difference between the OpenVINO IR (CPU, float32) and PyTorch on ``inputs``."""
+    from .analysis.latency.backends import as_array, openvino_request
+
+    output = as_array(openvino_request(path, threads=torch.get_num_threads()).infer({0: inputs.numpy()}))
     with torch.no_grad():
         return _max_abs(output, model(inputs))
 
@@ -146,6 +167,8 @@ def export_model(
     """
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if fmt == "openvino" and Path(output).suffix != ".xml":
+        raise ExportError(f"{output}: an OpenVINO IR is named .xml (its weights go to the .bin beside it)")
     model = model.eval()
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(1, 3, resolution, resolution, generator=generator)
@@ -165,6 +188,10 @@ def export_model(
                 _require("onnxruntime", "onnx")
                 export_onnx(model, staged, example)
                 error = verify_onnx(staged, model, batch)
+            elif fmt == "openvino":
+                _require("openvino", "onnx")
+                export_openvino(model, staged, example)
+                error = verify_openvino(staged, model, batch)
             else:
                 export_torchscript(model, staged, example)
                 error = verify_torchscript(staged, model, batch)
@@ -173,6 +200,8 @@ def export_model(
                 raise ExportError(f"{fmt} export differs from PyTorch by {error:.3g} (> tolerance {tolerance:g})")
         if output.is_dir():
             shutil.rmtree(output)
+        if fmt == "openvino":  # weights first: an .xml in place always has its .bin
+            os.replace(staged.with_suffix(".bin"), output.with_suffix(".bin"))
         os.replace(staged, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -29,6 +29,15 @@ def test_onnx_export_has_a_dynamic_batch_and_exports_recnext_interpolation(fused
     assert report.path.stat().st_size > 0 and [p.name for p in tmp_path.iterdir()] == ["recnext_m0.onnx"]
 
 
+def test_openvino_export_writes_the_ir_and_its_weights(small_net, tmp_path, capsys):
+    pytest.importorskip("openvino", reason="OpenVINO export needs openvino (the export extra)")
+    report = export_model(small_net, "openvino", tmp_path / "m.xml", resolution=32)
+    assert report.max_abs_error is not None and report.max_abs_error < 1e-4  # verified on a batch of 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
+    with pytest.raises(ExportError, match=r"m\.ir: an OpenVINO IR is named \.xml"):
+        export_model(small_net, "openvino", tmp_path / "m.ir", resolution=32)
+
+
 def test_torchscript_export_via_cli_with_a_checkpoint(tmp_path, capsys):
     model = create_model("repnext_m0", num_classes=5)
     torch.save({"model": model.state_dict()}, tmp_path / "ckpt.pth")

@@ -22,7 +22,7 @@ from .stats import published_results
 
 SUMMARY_COLUMNS = (
     "model", "family", "unfused_ms", "fused_ms", "fused_speedup", "fastest_backend", "fastest_ms", "macs_g",
-    "gmacs_per_s", "sgemm_fraction",
+    "gmacs_per_s", "peak_fraction", "fastest_iqr_ms", "threads", "peak_gmacs",
 )  # fmt: skip
 MEASURED_COLUMNS = ("model", "family", "distillation", "top1", "latency_ms", "backend", "source")
 
@@ -81,9 +81,12 @@ def _family(model: str, peers: dict[str, str]) -> str:
 
 def summarize_latency(runs: pd.DataFrame) -> Table:
     """One row per model from the long latency table: unfused and fused eager latency, the speed-up,
-    and the fastest fused backend with its achieved MAC rate (also as a fraction of sgemm)."""
+    and the fastest verified fused backend with its IQR and achieved MAC rate (also as a fraction of
+    the measured peak GEMM rate). Rows whose ``status`` is not ``ok`` (failed verification) are left out."""
     peers = published_accuracy_latency().set_index("timm_model")["family"].to_dict()
     rows = []
+    if "status" in runs:
+        runs = runs[runs.status.eq("ok")]
     for model, group in runs.groupby("model", sort=True):
         eager = group[group.backend == "eager"].set_index("form")["median_ms"]
         fused = group[group.form == "fused"].sort_values(["median_ms", "backend"])
@@ -94,10 +97,12 @@ def summarize_latency(runs: pd.DataFrame) -> Table:
             fused_speedup=eager["unfused"] / eager["fused"] if both else None,
             fastest_backend=None if best is None else best.backend, fastest_ms=None if best is None else best.median_ms,
             macs_g=group.macs_g.iloc[0], gmacs_per_s=None if best is None else best.gmacs_per_s,
-            sgemm_fraction=None if best is None else best.sgemm_fraction,
+            peak_fraction=None if best is None else best.peak_fraction,
+            fastest_iqr_ms=None if best is None else best.iqr_ms, threads=group.threads.iloc[0],
+            peak_gmacs=group.peak_gmacs.iloc[0],
         ))  # fmt: skip
     floats = dict(unfused_ms=".2f", fused_ms=".2f", fused_speedup=".2f", fastest_ms=".2f", macs_g=".3f",
-                  gmacs_per_s=".2f", sgemm_fraction=".3f")  # fmt: skip
+                  gmacs_per_s=".2f", peak_fraction=".3f", fastest_iqr_ms=".2f", peak_gmacs=".1f")  # fmt: skip
     return Table(SUMMARY_COLUMNS, rows, floats, sort_by=("family", "macs_g", "model"))
 
 
@@ -181,9 +186,9 @@ def plot_measured(measured: pd.DataFrame, device: str) -> Figure:
     return fig
 
 
-def plot_latency_summary(summary: pd.DataFrame, sgemm_gmacs: float, machine: str) -> Figure:
+def plot_latency_summary(summary: pd.DataFrame, peak_gmacs: float, machine: str) -> Figure:
     """Per model: eager latency of both forms and the fastest fused backend (left), and the achieved
-    MAC rate of the fastest backend as a fraction of this machine's sgemm rate (right)."""
+    MAC rate of the fastest backend as a fraction of this machine's measured peak GEMM rate (right)."""
     frame = summary.sort_values(["family", "macs_g", "model"], ascending=False).reset_index(drop=True)
     fig = Figure(figsize=(10, 0.22 * len(frame) + 1.6))
     left, right = fig.subplots(1, 2, sharey=True)
@@ -196,9 +201,9 @@ def plot_latency_summary(summary: pd.DataFrame, sgemm_gmacs: float, machine: str
     left.set_xscale("log")
     left.set_xlabel("batch-1 latency (ms, log scale)")
     left.legend(fontsize=7, loc="lower right")
-    right.barh(list(y), frame.sgemm_fraction, color="#1f77b4")
+    right.barh(list(y), frame.peak_fraction, color="#1f77b4")
     right.axvline(0.8, color="#333333", linestyle="--", linewidth=1, label="target 0.8")
-    right.set_xlabel(f"achieved MAC rate / sgemm rate ({sgemm_gmacs:.1f} GMAC/s)")
+    right.set_xlabel(f"achieved MAC rate / peak float32 GEMM rate ({peak_gmacs:.1f} GMAC/s)")
     right.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"Measured on {machine} (time measurement: differs between runs)", fontsize=9)
     fig.tight_layout()

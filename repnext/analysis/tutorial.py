@@ -336,7 +336,7 @@ def latency_table(models: Sequence[str], image_size: int, repeats: int, batch_si
         ]
         for target, kind, train_form, fused_form, inputs in targets:
             calls = {"train": lambda f=train_form, v=inputs: f(v), "fused": lambda f=fused_form, v=inputs: f(v)}
-            times = time_interleaved(calls, rounds=repeats, warmup=1, progress=False)  # the bench protocol
+            times = time_interleaved(calls, rounds=repeats, warmup=1)  # the bench protocol
             train_ms, fused_ms = (statistics.median(times[form]) * 1e3 for form in ("train", "fused"))
             rows.append(dict(
                 target=target, kind=kind, input="x".join(map(str, inputs.shape)), threads=torch.get_num_threads(),
