@@ -24,7 +24,6 @@ import struct
 import tempfile
 import warnings
 import zipfile
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,49 +183,29 @@ def _latency(path: str | os.PathLike | None, model_name: str) -> tuple[float, st
 
 
 def _stabilize_torchscript(path: Path) -> None:
-    """Make a ``torch.jit.save`` archive reproducible: its random ``.data/serialization_id`` becomes a content hash.
+    """Make a ``torch.jit.save`` archive reproducible across runs, machines and checkout paths.
 
-    The record is rewritten in place with the same length (stored, not compressed), and its CRC-32 is
-    updated in the local header, the data descriptor and the central directory.
+    The archive is rewritten record by record: the ``.debug_pkl`` source-range records are left out (they hold
+    the absolute paths of the scripted sources, the checkout's and the environment's torch; loading and running
+    do not need them), every record is stored uncompressed (deflate output depends on the zlib build) with a
+    fixed timestamp and its data 64-byte aligned as torch writes it, and the random ``.data/serialization_id``
+    becomes a hash of the other records.
     """
     with zipfile.ZipFile(path) as archive:
-        infos = archive.infolist()
-        info = next((i for i in infos if i.filename.endswith(".data/serialization_id")), None)
-        if info is None or info.compress_type != zipfile.ZIP_STORED:
-            return
-        digest = hashlib.sha256(b"".join(archive.read(i) for i in infos if i is not info)).hexdigest()
-        central = archive.start_dir
-    new = str(int(digest, 16)).encode()[: info.file_size].rjust(info.file_size, b"0")
-    crc = struct.pack("<I", zlib.crc32(new))
-    with open(path, "r+b") as file:
-        file.seek(info.header_offset)
-        local = file.read(30)
-        name_length, extra_length = struct.unpack("<HH", local[26:30])
-        data = info.header_offset + 30 + name_length + extra_length
-        file.seek(data)
-        file.write(new)
-        file.seek(info.header_offset + 14)
-        file.write(crc)
-        if info.flag_bits & 0x08:  # a data descriptor follows the data, with an optional signature
-            file.seek(data + info.file_size)
-            signature = file.read(4)
-            file.seek(data + info.file_size + (4 if signature == b"PK\x07\x08" else 0))
-            file.write(crc)
-        file.seek(central)
-        while True:
-            header = file.read(46)
-            if header[:4] != b"PK\x01\x02":
-                raise PublishError(f"{path}: unexpected TorchScript archive layout")
-            name_length, extra_length, comment_length = struct.unpack("<HHH", header[28:34])
-            name = file.read(name_length)
-            if name.decode() == info.filename:
-                file.seek(-(46 + name_length) + 16, os.SEEK_CUR)
-                file.write(crc)
-                break
-            file.seek(extra_length + comment_length, os.SEEK_CUR)
-    with zipfile.ZipFile(path) as archive:
-        if archive.testzip() is not None:
-            raise PublishError(f"{path}: could not make the TorchScript archive reproducible")
+        records = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    records = [(name, data) for name, data in records if not name.endswith(".debug_pkl")]
+    digest = hashlib.sha256(b"".join(data for name, data in records if not name.endswith("serialization_id")))
+    stable_id = str(int(digest.hexdigest(), 16)).encode()
+    records = [(name, stable_id[: len(data)] if name.endswith(".data/serialization_id") else data)
+               for name, data in records]  # fmt: skip
+    partial = path.with_name(f".{path.name}.partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in records:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            padding = -(archive.fp.tell() + 30 + len(name.encode()) + 4) % 64  # 30-byte header, 4-byte extra head
+            info.extra = struct.pack("<HH", 0x4246, padding) + b"Z" * padding  # torch's own padding field id
+            archive.writestr(info, data)
+    os.replace(partial, path)
 
 
 def publish(

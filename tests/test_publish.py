@@ -1,11 +1,16 @@
 """repnext publish: upstream's names and formats, a hub folder timm reloads exactly, a card of computed numbers."""
 
 import json
+import os
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 
+import repnext
 from repnext.analysis.equivalence import randomize_batchnorm
 from repnext.analysis.stats import count_macs, count_parameters, standalone_batchnorm_parameters
 from repnext.cli import main
@@ -75,6 +80,11 @@ def test_publish_writes_upstreams_files_and_a_hub_folder_timm_reloads(run, tmp_p
 
     again = publish(root / "best.pth", "repnext_m0", tmp_path / "again", fused=True)
     assert [p.read_bytes() for p in again] == [p.read_bytes() for p in written]  # reproducible, TorchScript included
+    # nor does it depend on where the checkout or torch live (TorchScript's debug records hold their paths)
+    with zipfile.ZipFile(out / f"{stem}_fused.pt") as archive:
+        scripted = b"".join(archive.read(name) for name in archive.namelist())
+    for folder in (Path(repnext.__file__).parents[1], Path(torch.__file__).parent, Path(sys.prefix)):
+        assert os.fsencode(folder) not in scripted, folder
 
 
 def test_card_reports_eval_and_latency_tables(run, tmp_path):
