@@ -10,3 +10,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_addoption(parser):
+    help_text = "write the digests of each reduced pipeline stage's outputs to tests/data/stage_outputs/"
+    parser.addoption("--record-stage-outputs", action="store_true", help=help_text)

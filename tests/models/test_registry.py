@@ -1,6 +1,7 @@
 """Every registered variant, in timm's manner (timm's tests/test_models.py contract): creation by every
 pretrained tag, default cfgs that match the model, heads and pooling, features, TorchScript and FX of the
-training and fused forms, and exact fusion. Each model is built once per module (``built``/``fused``)."""
+training and fused forms, and exact fusion. Each model is built, fused and scripted once per module
+(``built``/``fused``/``scripted``), and every test of one variant runs in the same xdist worker (``by_model``)."""
 
 import copy
 import functools
@@ -44,6 +45,16 @@ def fused(name: str) -> nn.Module:
     return repnext.reparameterize(built(name))
 
 
+@functools.cache
+def scripted(name: str, form: str) -> torch.jit.ScriptModule:
+    return torch.jit.script(fused(name) if form == "fused" else built(name))
+
+
+def by_model(names: list[str]) -> list:
+    """Parameters grouped per variant, so that ``--dist loadgroup`` builds each variant in one worker only."""
+    return [pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in names]
+
+
 def test_registry_is_complete():
     assert len([m for m in MODELS if m.startswith("repnext_m")]) == 6
     assert len([m for m in MODELS if m.startswith("recnext_")]) == 18
@@ -55,7 +66,7 @@ def test_registry_is_complete():
     assert len([t for t in TAGGED if ".starnet" in t]) == 6
 
 
-@pytest.mark.parametrize("name", sorted(UPSTREAM))
+@pytest.mark.parametrize("name", by_model(sorted(UPSTREAM)))
 def test_state_dict_names_and_shapes_match_upstream(name):
     state = built(name).state_dict()
     text = "\n".join(f"{k} {list(v.shape)}" for k, v in state.items())
@@ -78,7 +89,7 @@ def test_created_by_pretrained_tag_headless_and_unpooled(tagged):
     assert torch.equal(out, model.forward_features(x))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_model(MODELS))
 def test_default_cfg_matches_model(name):
     model, cfg = built(name), built(name).pretrained_cfg
     state = model.state_dict()
@@ -97,7 +108,7 @@ def test_default_cfg_matches_model(name):
     assert data["input_size"] == cfg["input_size"] and data["crop_pct"] == cfg["crop_pct"]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_model(MODELS))
 def test_reset_classifier(name):
     model = copy.deepcopy(built(name))
     x = torch.randn(1, 3, 64, 64)
@@ -113,23 +124,28 @@ def test_reset_classifier(name):
         model.reset_classifier(0, "max")
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_model(MODELS))
 def test_fusion_is_exact_and_complete(name):
-    model = built(name)
-    forms = [False, True] if repnext.reparam.has_single_branch_form(model) else [False]
-    for dtype in (torch.float64, torch.float32):  # fused in each dtype: fusion arithmetic is part of the test
-        source = copy.deepcopy(model).to(dtype)
-        for single_branch in forms:
-            form = repnext.reparameterize(source, single_branch=single_branch)
+    """Fused in each dtype (fusion arithmetic is part of the test); the single-branch form, where there is one,
+    merged in place from the fused form, as ``reparameterize(single_branch=True)`` merges after fusing."""
+    model, merge = built(name), repnext.reparam.has_single_branch_form(built(name))
+    for dtype in (torch.float64, torch.float32):
+        source = copy.deepcopy(model).to(dtype) if dtype != torch.float32 else model
+        inputs = [torch.randn(1, 3, *size, dtype=dtype) for size in SIZES.get(family(name), DEFAULT_SIZES)]
+        with torch.no_grad():  # batch 1: BatchNorm runs in eval, per sample
+            expected = [source(x) for x in inputs]
+        form = repnext.reparameterize(source, inplace=source is not model)  # the shared float32 model stays intact
+        for single_branch in (False, True) if merge else (False,):
+            if single_branch:
+                form = repnext.reparameterize(form, inplace=True, single_branch=True)
             assert not any(isinstance(m, _BatchNorm) for m in form.modules())
-            for size in SIZES.get(family(name), DEFAULT_SIZES):
-                inputs = torch.randn(1, 3, *size, dtype=dtype)  # batch 1: BatchNorm runs in eval, per sample
+            for x, reference in zip(inputs, expected, strict=True):
                 with torch.no_grad():
-                    agreement = compare_outputs(source(inputs), form(inputs))
-                assert agreement.max_rel <= TOLERANCES[str(dtype)[6:]], (dtype, size, single_branch, agreement)
+                    agreement = compare_outputs(reference, form(x))
+                assert agreement.max_rel <= TOLERANCES[str(dtype)[6:]], (dtype, x.shape, single_branch, agreement)
 
 
-@pytest.mark.parametrize("name", FAMILY_EXAMPLES)
+@pytest.mark.parametrize("name", by_model(FAMILY_EXAMPLES))
 def test_fusion_leaves_source_is_idempotent_and_matches_timm(name):
     model = built(name)
     assert any(isinstance(m, _BatchNorm) for m in model.modules()), "inplace=False must not touch the source"
@@ -141,7 +157,7 @@ def test_fusion_leaves_source_is_idempotent_and_matches_timm(name):
         assert torch.equal(fused(name)(x), via_timm(x)) and torch.equal(fused(name)(x), again(x))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_model(MODELS))
 def test_forward_backward(name):
     model = timm.create_model(name, num_classes=10, drop_path_rate=0.0).train()
     # 64x64 keeps the last stage at 2x2, so that every tap of every kernel sees the image; RepNeXt-u
@@ -155,7 +171,7 @@ def test_forward_backward(name):
     assert not missing, missing[:5]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_model(MODELS))
 def test_features_only(name):
     model = timm.create_model(name, features_only=True, out_indices=(1, 3)).eval()
     info = built(name).feature_info
@@ -166,24 +182,29 @@ def test_features_only(name):
     assert [tuple(f.shape[-2:]) for f in features] == [(math.ceil(32 / r), math.ceil(64 / r)) for r in reductions]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_model(MODELS))
 def test_torchscript_training_and_fused_forms(name):
     x = torch.randn(1, 3, 64, 64)
-    for form in (built(name), fused(name)):
-        scripted = torch.jit.script(form)
+    for form, module in (("training", built(name)), ("fused", fused(name))):
         # the profiling executor's optimisation passes cost seconds per call and do not change the function
         with torch.no_grad(), torch.jit.optimized_execution(False):
-            expected = form(x)
-            assert compare_outputs(scripted(x), expected).max_rel <= TOLERANCES["float32"]
+            assert compare_outputs(scripted(name, form)(x), module(x)).max_rel <= TOLERANCES["float32"]
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_fx_trace_and_feature_extractor(name):
+@pytest.mark.parametrize("name", by_model(MODELS))
+def test_fx_trace(name):
     x = torch.randn(1, 3, 64, 64)
     for form in (built(name), fused(name)):
         graph = torch.fx.symbolic_trace(form)
         with torch.no_grad():
             assert torch.allclose(graph(x), form(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", by_model(FAMILY_EXAMPLES))
+def test_fx_feature_extractor(name):
+    """One variant per family: the variants of a family share every module class, and torchvision's node naming
+    (quadratic in the number of modules) takes 6 s on RecNeXt-A5 alone."""
+    x = torch.randn(1, 3, 64, 64)
     # the last stage by its feature_info name (timm's get_graph_node_names would trace the model twice more)
     last = built(name).feature_info[-1]["module"]
     extractor = timm.models.create_feature_extractor(built(name), return_nodes={last: "out"})
@@ -195,12 +216,12 @@ def test_fx_trace_and_feature_extractor(name):
         assert torch.allclose(extractor(x)["out"], seen[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", FAMILY_EXAMPLES)
+@pytest.mark.parametrize("name", by_model(FAMILY_EXAMPLES))
 def test_fused_torchscript_file_and_state_dict_roundtrip(name, tmp_path):
     x = torch.randn(2, 3, 96, 64)
     with torch.no_grad():
         expected = fused(name)(x)
-        torch.jit.save(torch.jit.script(fused(name)), tmp_path / "fused.pt")
+        torch.jit.save(scripted(name, "fused"), tmp_path / "fused.pt")
         assert torch.allclose(torch.jit.load(tmp_path / "fused.pt")(x), expected, atol=1e-5)
         torch.save(fused(name).state_dict(), tmp_path / "fused.pth")
         skeleton = repnext.reparameterize(timm.create_model(name).eval())
@@ -208,7 +229,7 @@ def test_fused_torchscript_file_and_state_dict_roundtrip(name, tmp_path):
         assert torch.equal(skeleton(x), expected)
 
 
-@pytest.mark.parametrize("name", FAMILY_EXAMPLES)
+@pytest.mark.parametrize("name", by_model(FAMILY_EXAMPLES))
 def test_wrong_input_channels_fail_before_compute(name):
     with pytest.raises(ValueError, match=r"expected input of shape \[B, 3, H, W\], got \[1, 1, 64, 64\]"):
         built(name)(torch.randn(1, 1, 64, 64))
