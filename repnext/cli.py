@@ -219,6 +219,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise SystemExit(130) from None  # the message naming the checkpoint to resume from is already printed
 
 
+def cmd_train_experiments(args: argparse.Namespace) -> None:
+    from .experiments import ExperimentError, default_jobs, run_experiments, train_commands
+    from .pipeline import StageError, load_section
+
+    try:
+        experiments = load_section(args.params, args.section)
+        training = load_section(args.params, args.training)
+        commands = train_commands(experiments, training, args.data, args.out, args.checkpoint_root, where=args.params)
+        run_experiments(commands, args.jobs or default_jobs(training), args.out, args.checkpoint_root)
+    except (StageError, ExperimentError) as error:
+        raise SystemExit(f"repnext train-experiments: {error}") from None
+
+
 def cmd_dataset(args: argparse.Namespace) -> None:
     from .datasets import materialize_dataset
 
@@ -407,6 +420,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a variant: DeiT log.txt, upstream checkpoints; multi-GPU via torchrun")
     add_train_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    runs = sub.add_parser("train-experiments", help="train every experiment of a params.yaml section, side by side")
+    runs.add_argument("section", help="section of NAME: {model, model_kwargs} items, e.g. experiments")
+    runs.add_argument("--data", required=True, help="ImageFolder root or builtin:NAME")
+    runs.add_argument("--out", required=True, help="logs go to OUT/NAME/log.txt")
+    runs.add_argument("--checkpoint-root", help="checkpoints go to ROOT/NAME/ (default: none are written)")
+    runs.add_argument("--params", default="params.yaml", help="YAML file holding the sections")
+    runs.add_argument("--training", default="training", help="section of options shared by every run")
+    runs.add_argument("--jobs", type=_positive, help="runs at once (default: CPU cores / training.threads)")
+    runs.set_defaults(func=cmd_train_experiments)
 
     dataset = sub.add_parser("dataset", help="write a built-in offline dataset (builtin:photos) as an ImageFolder tree")
     dataset.add_argument("name", help="builtin:photos")

@@ -10,6 +10,7 @@ from PIL import Image
 
 import repnext.train as train_module
 from repnext.checkpoint import CheckpointError
+from repnext.cli import main
 from repnext.datasets import (
     PHOTOS,
     TRAIN_FRACTION,
@@ -243,3 +244,43 @@ def test_command_line_options_and_model_kwargs():
     assert parse_model_kwargs(["single_branch=True", "kernel_size=7"]) == {"single_branch": True, "kernel_size": 7}
     with pytest.raises(ValueError, match="--model-kwargs: expected KEY=VALUE, got 'nearest'"):
         parse_model_kwargs(["nearest"])
+
+
+def _experiments_params(tmp_path, experiments: dict, **training) -> str:
+    settings = dict(epochs=2, img_size=32, batch_size=4, warmup_epochs=0, lr=2e-3, threads=1)
+    path = tmp_path / "params.yaml"
+    path.write_text(json.dumps({"training": {**settings, **training}, "experiments": experiments}))  # JSON is YAML
+    return str(path)
+
+
+def test_experiments_side_by_side_give_the_bytes_of_runs_alone(folder, reference, tmp_path):
+    tiny = "embed_dim=8,16,32,64 depth=1,1,1,1"
+    experiments = {"alone": {"model": "repnext_m0", "model_kwargs": tiny},
+                   "single": {"model": "repnext_m0", "model_kwargs": f"{tiny} single_branch=True"}}  # fmt: skip
+    params = _experiments_params(tmp_path, experiments)
+    main(["train-experiments", "experiments", "--params", params, "--data", str(folder), "--out",
+          str(tmp_path / "logs"), "--checkpoint-root", str(tmp_path / "ckpt"), "--jobs", "2"])  # fmt: skip
+    out, _ = reference
+    assert (tmp_path / "logs" / "alone" / "log.txt").read_bytes() == (out / "log.txt").read_bytes()
+    _assert_same_weights(_weights(tmp_path / "ckpt" / "alone" / "checkpoint.pth"), _weights(out / "checkpoint.pth"))
+    assert (tmp_path / "logs" / "single" / "log.txt").read_bytes() != (out / "log.txt").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "single").iterdir()) == ["best.pth", "checkpoint.pth"]
+
+
+def test_bad_experiments_fail_with_one_line_and_leave_nothing(folder, tmp_path):
+    params = _experiments_params(tmp_path, {"x": {"model": "repnext_m0"}}, epoch=3)
+    with pytest.raises(SystemExit, match=r"^repnext train-experiments: .*params\.yaml: training\.epoch: not an option"):
+        main(["train-experiments", "experiments", "--params", params, "--data", str(folder), "--out", str(tmp_path)])
+    params = _experiments_params(tmp_path, {"x": {"model": "repnext_m0", "model_kwarg": "depth=1,1,1,1"}})
+    with pytest.raises(SystemExit, match=r"params\.yaml: x\.model_kwarg: unknown key \(expected model, model_kwargs\)"):
+        main(["train-experiments", "experiments", "--params", params, "--data", str(folder), "--out", str(tmp_path)])
+    params = _experiments_params(tmp_path, {"broken": {"model": "repnext_m0", "model_kwargs": "nope=1"}})
+    with pytest.raises(SystemExit) as raised:
+        main(["train-experiments", "experiments", "--params", params, "--data", str(folder), "--out",
+              str(tmp_path / "logs")])  # fmt: skip
+    message = str(raised.value)
+    assert (
+        message.startswith("repnext train-experiments: broken: repnext train exited with status 1: ")
+        and "nope" in message
+    )
+    assert "\n" not in message and not (tmp_path / "logs" / "broken").exists()

@@ -1,7 +1,7 @@
 """Every registered variant, in timm's manner (timm's tests/test_models.py contract): creation by every
 pretrained tag, default cfgs that match the model, heads and pooling, features, TorchScript and FX of the
-training and fused forms, and exact fusion. Each model is built, fused and scripted once per module
-(``built``/``fused``/``scripted``), and every test of one variant runs in the same xdist worker (``by_model``)."""
+training and fused forms, and exact fusion. Each variant is built, fused and scripted once (``variant``), and
+every test of one variant runs in the same xdist worker (``by_model``)."""
 
 import copy
 import functools
@@ -34,20 +34,35 @@ def family(name: str) -> str:
     return repnext.registry.models_by_family()[name]
 
 
-@functools.cache
-def built(name: str) -> nn.Module:
-    """The variant with random weights and random BatchNorm statistics, in eval; shared, so never modified."""
-    return randomize_batchnorm(timm.create_model(name), seed=7).eval()
+class Variant:
+    """One variant with random weights and random BatchNorm statistics (eval), its fused form and their
+    TorchScript, each made on first use; shared by the tests of the variant, so never modified."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @functools.cached_property
+    def built(self) -> nn.Module:
+        return randomize_batchnorm(timm.create_model(self.name), seed=7).eval()
+
+    @functools.cached_property
+    def fused(self) -> nn.Module:
+        return repnext.reparameterize(self.built)
+
+    @functools.cached_property
+    def scripted_training(self) -> torch.jit.ScriptModule:
+        return torch.jit.script(self.built)
+
+    @functools.cached_property
+    def scripted_fused(self) -> torch.jit.ScriptModule:
+        return torch.jit.script(self.fused)
 
 
-@functools.cache
-def fused(name: str) -> nn.Module:
-    return repnext.reparameterize(built(name))
-
-
-@functools.cache
-def scripted(name: str, form: str) -> torch.jit.ScriptModule:
-    return torch.jit.script(fused(name) if form == "fused" else built(name))
+@pytest.fixture(scope="module")
+def variant(request) -> Variant:
+    """Module-scoped and parametrized indirectly: pytest runs the tests of one variant together, so each worker
+    holds one variant at a time (all of them together take several GB)."""
+    return Variant(request.param)
 
 
 def by_model(names: list[str]) -> list:
@@ -66,12 +81,12 @@ def test_registry_is_complete():
     assert len([t for t in TAGGED if ".starnet" in t]) == 6
 
 
-@pytest.mark.parametrize("name", by_model(sorted(UPSTREAM)))
-def test_state_dict_names_and_shapes_match_upstream(name):
-    state = built(name).state_dict()
+@pytest.mark.parametrize("variant", by_model(sorted(UPSTREAM)), indirect=True)
+def test_state_dict_names_and_shapes_match_upstream(variant):
+    state = variant.built.state_dict()
     text = "\n".join(f"{k} {list(v.shape)}" for k, v in state.items())
-    assert len(state) == UPSTREAM[name]["keys"]
-    assert hashlib.sha256(text.encode()).hexdigest() == UPSTREAM[name]["sha256"]
+    assert len(state) == UPSTREAM[variant.name]["keys"]
+    assert hashlib.sha256(text.encode()).hexdigest() == UPSTREAM[variant.name]["sha256"]
 
 
 @pytest.mark.parametrize("tagged", TAGGED)
@@ -89,9 +104,9 @@ def test_created_by_pretrained_tag_headless_and_unpooled(tagged):
     assert torch.equal(out, model.forward_features(x))
 
 
-@pytest.mark.parametrize("name", by_model(MODELS))
-def test_default_cfg_matches_model(name):
-    model, cfg = built(name), built(name).pretrained_cfg
+@pytest.mark.parametrize("variant", by_model(MODELS), indirect=True)
+def test_default_cfg_matches_model(variant):
+    model, cfg = variant.built, variant.built.pretrained_cfg
     state = model.state_dict()
     x = torch.randn(1, *cfg["input_size"])
     with torch.no_grad():
@@ -108,9 +123,9 @@ def test_default_cfg_matches_model(name):
     assert data["input_size"] == cfg["input_size"] and data["crop_pct"] == cfg["crop_pct"]
 
 
-@pytest.mark.parametrize("name", by_model(MODELS))
-def test_reset_classifier(name):
-    model = copy.deepcopy(built(name))
+@pytest.mark.parametrize("variant", by_model(MODELS), indirect=True)
+def test_reset_classifier(variant):
+    model = copy.deepcopy(variant.built)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         features = model.forward_features(x)
@@ -124,14 +139,14 @@ def test_reset_classifier(name):
         model.reset_classifier(0, "max")
 
 
-@pytest.mark.parametrize("name", by_model(MODELS))
-def test_fusion_is_exact_and_complete(name):
+@pytest.mark.parametrize("variant", by_model(MODELS), indirect=True)
+def test_fusion_is_exact_and_complete(variant):
     """Fused in each dtype (fusion arithmetic is part of the test); the single-branch form, where there is one,
     merged in place from the fused form, as ``reparameterize(single_branch=True)`` merges after fusing."""
-    model, merge = built(name), repnext.reparam.has_single_branch_form(built(name))
+    model, merge = variant.built, repnext.reparam.has_single_branch_form(variant.built)
     for dtype in (torch.float64, torch.float32):
         source = copy.deepcopy(model).to(dtype) if dtype != torch.float32 else model
-        inputs = [torch.randn(1, 3, *size, dtype=dtype) for size in SIZES.get(family(name), DEFAULT_SIZES)]
+        inputs = [torch.randn(1, 3, *size, dtype=dtype) for size in SIZES.get(family(variant.name), DEFAULT_SIZES)]
         with torch.no_grad():  # batch 1: BatchNorm runs in eval, per sample
             expected = [source(x) for x in inputs]
         form = repnext.reparameterize(source, inplace=source is not model)  # the shared float32 model stays intact
@@ -145,16 +160,16 @@ def test_fusion_is_exact_and_complete(name):
                 assert agreement.max_rel <= TOLERANCES[str(dtype)[6:]], (dtype, x.shape, single_branch, agreement)
 
 
-@pytest.mark.parametrize("name", by_model(FAMILY_EXAMPLES))
-def test_fusion_leaves_source_is_idempotent_and_matches_timm(name):
-    model = built(name)
+@pytest.mark.parametrize("variant", by_model(FAMILY_EXAMPLES), indirect=True)
+def test_fusion_leaves_source_is_idempotent_and_matches_timm(variant):
+    model = variant.built
     assert any(isinstance(m, _BatchNorm) for m in model.modules()), "inplace=False must not touch the source"
     via_timm = timm.utils.reparameterize_model(model)
-    again = repnext.reparameterize(fused(name))
-    assert str(fused(name)) == str(via_timm) == str(again)
+    again = repnext.reparameterize(variant.fused)
+    assert str(variant.fused) == str(via_timm) == str(again)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(fused(name)(x), via_timm(x)) and torch.equal(fused(name)(x), again(x))
+        assert torch.equal(variant.fused(x), via_timm(x)) and torch.equal(variant.fused(x), again(x))
 
 
 @pytest.mark.parametrize("name", by_model(MODELS))
@@ -171,10 +186,10 @@ def test_forward_backward(name):
     assert not missing, missing[:5]
 
 
-@pytest.mark.parametrize("name", by_model(MODELS))
-def test_features_only(name):
-    model = timm.create_model(name, features_only=True, out_indices=(1, 3)).eval()
-    info = built(name).feature_info
+@pytest.mark.parametrize("variant", by_model(MODELS), indirect=True)
+def test_features_only(variant):
+    model = timm.create_model(variant.name, features_only=True, out_indices=(1, 3)).eval()
+    info = variant.built.feature_info
     features = model(torch.randn(1, 3, 32, 64))
     assert [f.shape[1] for f in features] == model.feature_info.channels() == [info[1]["num_chs"], info[3]["num_chs"]]
     reductions = model.feature_info.reduction()
@@ -182,55 +197,55 @@ def test_features_only(name):
     assert [tuple(f.shape[-2:]) for f in features] == [(math.ceil(32 / r), math.ceil(64 / r)) for r in reductions]
 
 
-@pytest.mark.parametrize("name", by_model(MODELS))
-def test_torchscript_training_and_fused_forms(name):
+@pytest.mark.parametrize("variant", by_model(MODELS), indirect=True)
+def test_torchscript_training_and_fused_forms(variant):
     x = torch.randn(1, 3, 64, 64)
-    for form, module in (("training", built(name)), ("fused", fused(name))):
+    for scripted, module in ((variant.scripted_training, variant.built), (variant.scripted_fused, variant.fused)):
         # the profiling executor's optimisation passes cost seconds per call and do not change the function
         with torch.no_grad(), torch.jit.optimized_execution(False):
-            assert compare_outputs(scripted(name, form)(x), module(x)).max_rel <= TOLERANCES["float32"]
+            assert compare_outputs(scripted(x), module(x)).max_rel <= TOLERANCES["float32"]
 
 
-@pytest.mark.parametrize("name", by_model(MODELS))
-def test_fx_trace(name):
+@pytest.mark.parametrize("variant", by_model(MODELS), indirect=True)
+def test_fx_trace(variant):
     x = torch.randn(1, 3, 64, 64)
-    for form in (built(name), fused(name)):
+    for form in (variant.built, variant.fused):
         graph = torch.fx.symbolic_trace(form)
         with torch.no_grad():
             assert torch.allclose(graph(x), form(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", by_model(FAMILY_EXAMPLES))
-def test_fx_feature_extractor(name):
+@pytest.mark.parametrize("variant", by_model(FAMILY_EXAMPLES), indirect=True)
+def test_fx_feature_extractor(variant):
     """One variant per family: the variants of a family share every module class, and torchvision's node naming
     (quadratic in the number of modules) takes 6 s on RecNeXt-A5 alone."""
     x = torch.randn(1, 3, 64, 64)
     # the last stage by its feature_info name (timm's get_graph_node_names would trace the model twice more)
-    last = built(name).feature_info[-1]["module"]
-    extractor = timm.models.create_feature_extractor(built(name), return_nodes={last: "out"})
+    last = variant.built.feature_info[-1]["module"]
+    extractor = timm.models.create_feature_extractor(variant.built, return_nodes={last: "out"})
     seen = []
-    hook = built(name).get_submodule(last).register_forward_hook(lambda module, args, out: seen.append(out))
+    hook = variant.built.get_submodule(last).register_forward_hook(lambda module, args, out: seen.append(out))
     with torch.no_grad():
-        built(name)(x)
+        variant.built(x)
         hook.remove()
         assert torch.allclose(extractor(x)["out"], seen[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", by_model(FAMILY_EXAMPLES))
-def test_fused_torchscript_file_and_state_dict_roundtrip(name, tmp_path):
+@pytest.mark.parametrize("variant", by_model(FAMILY_EXAMPLES), indirect=True)
+def test_fused_torchscript_file_and_state_dict_roundtrip(variant, tmp_path):
     x = torch.randn(2, 3, 96, 64)
     with torch.no_grad():
-        expected = fused(name)(x)
-        torch.jit.save(scripted(name, "fused"), tmp_path / "fused.pt")
+        expected = variant.fused(x)
+        torch.jit.save(variant.scripted_fused, tmp_path / "fused.pt")
         assert torch.allclose(torch.jit.load(tmp_path / "fused.pt")(x), expected, atol=1e-5)
-        torch.save(fused(name).state_dict(), tmp_path / "fused.pth")
-        skeleton = repnext.reparameterize(timm.create_model(name).eval())
+        torch.save(variant.fused.state_dict(), tmp_path / "fused.pth")
+        skeleton = repnext.reparameterize(timm.create_model(variant.name).eval())
         skeleton.load_state_dict(torch.load(tmp_path / "fused.pth"), strict=True)
         assert torch.equal(skeleton(x), expected)
 
 
-@pytest.mark.parametrize("name", by_model(FAMILY_EXAMPLES))
-def test_wrong_input_channels_fail_before_compute(name):
+@pytest.mark.parametrize("variant", by_model(FAMILY_EXAMPLES), indirect=True)
+def test_wrong_input_channels_fail_before_compute(variant):
     with pytest.raises(ValueError, match=r"expected input of shape \[B, 3, H, W\], got \[1, 1, 64, 64\]"):
-        built(name)(torch.randn(1, 1, 64, 64))
-    assert timm.create_model(name, in_chans=1).eval()(torch.randn(1, 1, 64, 64)).shape == (1, 1000)
+        variant.built(torch.randn(1, 1, 64, 64))
+    assert timm.create_model(variant.name, in_chans=1).eval()(torch.randn(1, 1, 64, 64)).shape == (1, 1000)
