@@ -96,9 +96,13 @@ def build_model(
         return _with_weights(name, form, device, weights)
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False).eval().to(device)
-    if form == "fused":
-        model = reparameterize(model) if type(model).__module__.startswith("repnext.") else _timm_fuse(model)
-    return model
+    return fuse_model(model) if form == "fused" else model
+
+
+def fuse_model(model: nn.Module) -> nn.Module:
+    """The fused copy of a built model (``model`` untouched): :func:`repnext.reparameterize` for this package's
+    variants, ``timm.utils.reparameterize_model`` for timm's."""
+    return reparameterize(model) if type(model).__module__.startswith("repnext.") else _timm_fuse(model)
 
 
 def _with_weights(name: str, form: str, device: torch.device, weights: str) -> nn.Module:

@@ -18,6 +18,7 @@ from .backends import (
     as_array,
     build_model,
     export_for_timing,
+    fuse_model,
     prepare_copy,
     prepare_gemm,
     prepare_onnx,
@@ -60,8 +61,11 @@ class Session:
 
         x = self._input(resolution)
         errors = {}
-        for form in dict.fromkeys([*forms, "fused"]):
-            net = build_model(model, form, self.device, weights=weights)
+        for form in [f for f in ("unfused", "fused") if f in forms or f == "fused"]:
+            if form == "fused" and "unfused" in forms and weights is None:  # fused from the built model, not rebuilt
+                net = fuse_model(self.models[model, "unfused"])
+            else:
+                net = build_model(model, form, self.device, weights=weights)
             self.models[model, form] = net
             with torch.inference_mode():
                 np.save(artifact(self.workdir, model, form, ".npy"), as_array(net(x)))
