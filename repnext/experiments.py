@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -122,10 +123,9 @@ def run_experiments(
 
 
 def _wait_any(running: Mapping[str, tuple]) -> tuple[str, int]:
-    """The name and exit status of the next run to end (children of this process only)."""
+    """The name and exit status of the next run to end (polled: other children of this process stay unreaped)."""
     while True:
-        pid, status = os.wait()
         for name, (process, _, _) in running.items():
-            if process.pid == pid:
-                process.returncode = os.waitstatus_to_exitcode(status)
+            if process.poll() is not None:
                 return name, process.returncode
+        time.sleep(0.2)

@@ -33,7 +33,8 @@ def plot_panels(panels: Sequence[Panel], ncols: int = 2, label: Mapping[str, str
     if not panels:
         raise ValueError("no panels to plot")
     nrows = -(-len(panels) // ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained")
+    entries = max(len(panel.runs) for panel in panels)  # each legend goes under its panel, one run per line
+    fig = Figure(figsize=(4.2 * ncols, (3.0 + 0.1 * entries) * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, panel in zip(axes, panels, strict=False):
         runs = sorted((r for r in panel.runs if panel.metric in r.records.columns), key=lambda r: r.name)
@@ -48,7 +49,7 @@ def plot_panels(panels: Sequence[Panel], ncols: int = 2, label: Mapping[str, str
             )
         ax.set(title=panel.title, xlabel=runs[0].step, ylabel=_LABELS.get(panel.metric, panel.metric))
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
-        ax.legend(fontsize=5.5, ncols=2 if len(runs) > 6 else 1)
+        ax.legend(fontsize=5.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return fig
