@@ -222,3 +222,14 @@ def test_committed_outputs_are_in_sync_with_dvc_lock():
     assert all(isinstance(entry, dict) for entry in entries), status.stdout  # e.g. "changed command" is a str
     changes = [(path, state) for entry in entries for paths in entry.values() for path, state in paths.items()]
     assert all(state in ("deleted", "not in cache") and _git_ignored(path) for path, state in changes), status.stdout
+
+
+def test_training_stages_list_every_run_of_their_section():
+    """dvc.yaml cannot loop over a section in ``outs``, so each training stage lists its runs by hand."""
+    for stage, section in (("train", "experiments"), ("train_weights", "experiments_with_weights")):
+        outs = set(_outputs(ALL_STAGES[stage]))
+        logs = {f"logs/photos/{name}/log.txt" for name in PARAMS[section]}
+        kept = stage == "train_weights"
+        checkpoints = {f"artifacts/checkpoints/{name}" for name in PARAMS[section]} if kept else set()
+        assert outs == logs | checkpoints, (stage, sorted(outs ^ (logs | checkpoints)))
+        assert ALL_STAGES[stage]["params"] == ["training", section] and f" {section} " in ALL_STAGES[stage]["cmd"]
