@@ -1,3 +1,6 @@
+"""``python -m repnext``: the command line."""
+
 from .cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned child re-imports the main module
+    main()

@@ -27,14 +27,26 @@ class ExperimentError(RuntimeError):
     """A bad experiment definition or a failed run; the message is one line."""
 
 
-def _shared_options() -> set[str]:
-    """``repnext train`` options a ``training`` section may set: every valued option but the per-run ones."""
+def _shared_options() -> dict[str, object]:
+    """``repnext train`` options a ``training`` section may set, with their defaults: all but the per-run ones."""
     from dataclasses import fields
 
     from .train import TrainConfig
 
-    per_run = {"model", "data", "out", "checkpoint_dir", "model_kwargs", "resume"}
-    return {f.name for f in fields(TrainConfig) if f.name not in per_run and not str(f.type).startswith("bool")}
+    per_run = {"model", "data", "out", "checkpoint_dir", "model_kwargs", "resume", "checkpoints", "progress"}
+    default = TrainConfig("", "", "")
+    return {f.name: getattr(default, f.name) for f in fields(TrainConfig) if f.name not in per_run}
+
+
+def _argv(key: str, value: object, default: object, where: str) -> list[str]:
+    """``img_size: 64`` -> ``["--img-size", "64"]``; a switch (``channels_last: true``) -> its flag, or nothing."""
+    from .train import SWITCHES, option_name
+
+    if key not in SWITCHES:
+        return [option_name(key), str(value)]
+    if not isinstance(value, bool):
+        raise ExperimentError(f"{where}: training.{key}: expected true or false, got {value!r}")
+    return [SWITCHES[key][0]] if value != default else []
 
 
 def train_commands(
@@ -52,7 +64,7 @@ def train_commands(
             raise ExperimentError(
                 f"{where}: training.{key}: not an option of repnext train ({', '.join(sorted(options))})"
             )
-        shared += ["--" + key.replace("_", "-"), str(value)]
+        shared += _argv(key, value, options[key], where)
     commands = {}
     for name, item in experiments.items():
         if not isinstance(item, Mapping) or not isinstance(item.get("model"), str):

@@ -93,17 +93,21 @@ def run_notebook(source: str | os.PathLike, output: str | os.PathLike, parameter
     """Execute ``source`` with ``parameters`` into ``output`` (cleaned); raise :class:`StageError` on failure."""
     import papermill
 
+    from .kernels import ServedKernelManager, kernel_server
+
     declared = papermill.inspect_notebook(os.fspath(source))
     unknown = sorted(set(parameters) - set(declared))
     if unknown:
         raise StageError(f"parameter {unknown[0]!r} is not declared in the parameters cell of {source}")
     os.environ["SOURCE_DATE_EPOCH"] = SOURCE_DATE_EPOCH
+    kernel_server()  # before papermill starts its event loop and ZeroMQ threads, which a fork must not copy
     before = _snapshot(OUTPUT_ROOTS)
     scratch = Path(tempfile.mkdtemp(prefix="repnext-notebook-")) / Path(output).name
     try:
         papermill.execute_notebook(
             os.fspath(source), os.fspath(scratch), parameters=dict(parameters), kernel_name=KERNEL,
             cwd=os.getcwd(), progress_bar=False, log_output=False, report_mode=False,
+            kernel_manager_class=ServedKernelManager,
         )  # fmt: skip
     except papermill.PapermillExecutionError as error:
         _remove_new_files(before)

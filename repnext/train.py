@@ -72,6 +72,12 @@ _POSITIVE = ("epochs", "img_size", "batch_size")
 _INTS = (*_POSITIVE, "warmup_epochs", "seed", "workers")
 _NON_NEGATIVE = ("lr", "min_lr", "warmup_lr", "weight_decay", "smoothing", "color_jitter", "reprob", "mixup", "cutmix")
 _FLOATS = (*_NON_NEGATIVE, "crop_pct")
+# Boolean options any run may set: field -> (the flag that turns the default over, its help).
+SWITCHES = {
+    "amp": ("--no-amp", "float32 on CUDA too"),
+    "channels_last": ("--channels-last", "NHWC memory layout for weights and images (faster depthwise convs on CPU)"),
+    "verify_images": ("--no-verify-images", "skip decoding every image before training (large datasets)"),
+}
 
 
 @dataclass
@@ -108,6 +114,7 @@ class TrainConfig:
     workers: int = 0
     device: str | None = None
     amp: bool = True
+    channels_last: bool = False  # NHWC activations and weights: the same function, about 2x faster on CPU
     threads: int | None = None
     progress: bool | None = None
     verify_images: bool = True
@@ -117,18 +124,19 @@ class TrainConfig:
         for name in (*_POSITIVE, "threads"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ValueError(f"{_option(name)}: must be a positive integer, got {value}")
+                raise ValueError(f"{option_name(name)}: must be a positive integer, got {value}")
         for name in ("warmup_epochs", "workers", *_NON_NEGATIVE):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{_option(name)}: must be non-negative, got {value}")
+                raise ValueError(f"{option_name(name)}: must be non-negative, got {value}")
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"--crop-pct: must be in (0, 1], got {self.crop_pct}")
         if (self.mixup or self.cutmix) and self.batch_size % 2:
             raise ValueError(f"--batch-size: mixup and cutmix need an even batch size, got {self.batch_size}")
 
 
-def _option(name: str) -> str:
+def option_name(name: str) -> str:
+    """The command-line option of a :class:`TrainConfig` field: ``img_size`` -> ``--img-size``."""
     return f"--{name.replace('_', '-')}"
 
 
@@ -165,9 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model constructor arguments, e.g. mode=nearest levels=0,0,0,0 single_branch=True",
     )
     for name in _INTS:
-        parser.add_argument(_option(name), type=int, default=getattr(default, name))
+        parser.add_argument(option_name(name), type=int, default=getattr(default, name))
     for name in _FLOATS:
-        parser.add_argument(_option(name), type=float, default=getattr(default, name))
+        parser.add_argument(option_name(name), type=float, default=getattr(default, name))
     parser.add_argument("--clip-grad", type=float, help="gradient clipping threshold (default: none)")
     parser.add_argument("--clip-mode", default=default.clip_mode, choices=("norm", "value", "agc"))
     parser.add_argument("--opt", default=default.opt, help="timm optimizer name")
@@ -175,18 +183,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aa", help="timm AutoAugment/RandAugment policy, e.g. rand-m9-mstd0.5-inc1 (default: none)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--no-amp", dest="amp", action="store_false", help="float32 on CUDA too")
+    for name, (flag, help_text) in SWITCHES.items():
+        action = "store_false" if getattr(default, name) else "store_true"
+        parser.add_argument(flag, dest=name, action=action, help=help_text)
     parser.add_argument(
         "--no-checkpoints",
         dest="checkpoints",
         action="store_false",
         help="write log.txt only: no checkpoint.pth or best.pth (the run cannot be resumed)",
-    )
-    parser.add_argument(
-        "--no-verify-images",
-        dest="verify_images",
-        action="store_false",
-        help="skip decoding every image before training (large datasets)",
     )
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="progress bars")
@@ -273,9 +277,11 @@ def train_one_epoch(
     model.train()
     lr = optimizer.param_groups[0]["lr"]
     device, amp = dist_info.device, scaler is not None
+    layout = torch.channels_last if config.channels_last else torch.preserve_format
     total, steps = 0.0, 0
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, file=sys.stderr):
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=layout)
+        targets = targets.to(device, non_blocking=True)
         if mixup is not None:
             images, targets = mixup(images, targets)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
@@ -409,7 +415,7 @@ def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:
     model = _build_model(config, len(train_set.classes))
     _set_transforms(config, model, train_set, val_set)
     state = _load_resume(config.resume, model) if config.resume else None
-    model.to(dist_info.device)
+    model.to(dist_info.device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay)
     scheduler, _ = create_scheduler_v2(
@@ -466,7 +472,7 @@ def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:
         max_accuracy = max(max_accuracy, test["acc1"])
         if main_process:
             checkpoint = {
-                "model": model.state_dict(),
+                "model": {key: value.contiguous() for key, value in model.state_dict().items()},  # NCHW on disk
                 "optimizer": optimizer.state_dict(),
                 "lr_scheduler": scheduler.state_dict(),
                 "epoch": epoch,

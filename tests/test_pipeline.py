@@ -97,6 +97,16 @@ def test_every_notebook_is_a_clean_stage():
 # Every plain stage, and the items of foreach stages that have their own reduced set.
 TESTED_STAGES = sorted(name for name in STAGES if "@" not in name or _reduced(name.replace("@", ".settings.")))
 
+# One xdist worker runs every test that starts a kernel, so one kernel server (spawned: the worker runs threads)
+# serves them all (tests/test_kernels.py joins the group).
+pytestmark = pytest.mark.xdist_group("notebook_kernels")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """The kernels' threads: the suite's two workers share two cores (one kernel server serves this setting)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
 
 def _run_stage(name: str, workdir: Path, params_file: Path) -> None:
     """Run the stage's own dvc.yaml command in ``workdir`` through this process's ``repnext`` CLI (so that only the
@@ -124,11 +134,10 @@ def _digests(folder: Path, files: list[str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", TESTED_STAGES)
-def test_stage_outputs_are_byte_identical_across_runs(name, tmp_path, monkeypatch, request):
+def test_stage_outputs_are_byte_identical_across_runs(name, tmp_path, request):
     """Two runs of the stage's command, each in a fresh kernel, give the same bytes. The first run is compared
     with the digests recorded by an earlier run (``pytest --record-stage-outputs``, any machine); only when they
     differ (outputs changed since) does a second run here decide."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's threads: the suite's two workers share two cores
     _run_stage(name, tmp_path / "a", tmp_path / "a.yaml")
     produced = {str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*") if p.is_file()}
     for out in _outputs(STAGES[name]):

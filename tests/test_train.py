@@ -20,6 +20,7 @@ from repnext.datasets import (
     materialize_dataset,
     photo_crops,
 )
+from repnext.experiments import ExperimentError, train_commands
 from repnext.train import LOG_KEYS, TrainConfig, add_arguments, config_from_args, parse_model_kwargs, train
 
 # A four-stage RepNeXt small enough for a CPU test; the factories accept any embed_dim/depth.
@@ -145,6 +146,20 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(folder, reference, 
     _assert_same_weights(_weights(tmp_path / "run" / "checkpoint.pth"), _weights(out / "checkpoint.pth"))
 
 
+def test_channels_last_trains_the_same_function_and_saves_nchw_weights(folder, reference, tmp_path):
+    out, rows = reference
+    nhwc = train(_config(folder, tmp_path, channels_last=True))
+    # NHWC kernels sum in another order: rounding-level changes, which later steps of AdamW amplify.
+    assert nhwc[0]["train_loss"] == pytest.approx(rows[0]["train_loss"], rel=1e-4)
+    for ours, theirs in zip(nhwc, rows, strict=True):
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-3)
+        assert ours["test_loss"] == pytest.approx(theirs["test_loss"], rel=1e-3)
+    weights = _weights(tmp_path / "checkpoint.pth")
+    assert any(value.dim() == 4 for value in weights.values())
+    assert all(value.is_contiguous() for value in weights.values())  # the file's layout is not the training layout
+    assert (out / "log.txt").read_bytes() != (tmp_path / "log.txt").read_bytes()  # the layout did change
+
+
 def test_distributed_code_path_in_one_process(folder, reference, tmp_path):
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
@@ -265,6 +280,17 @@ def test_experiments_side_by_side_give_the_bytes_of_runs_alone(folder, reference
     _assert_same_weights(_weights(tmp_path / "ckpt" / "alone" / "checkpoint.pth"), _weights(out / "checkpoint.pth"))
     assert (tmp_path / "logs" / "single" / "log.txt").read_bytes() != (out / "log.txt").read_bytes()
     assert sorted(p.name for p in (tmp_path / "ckpt" / "single").iterdir()) == ["best.pth", "checkpoint.pth"]
+
+
+def test_training_switches_become_flags_only_when_they_change_the_default():
+    one = {"x": {"model": "repnext_m0"}}
+    argv = train_commands(one, {"epochs": 2, "channels_last": True, "amp": True}, "d", "o")["x"]
+    assert argv[argv.index("--epochs") + 1] == "2" and "--channels-last" in argv and "--no-amp" not in argv
+    assert "--no-amp" in train_commands(one, {"amp": False}, "d", "o")["x"]
+    with pytest.raises(ExperimentError, match=r"^params\.yaml: training\.channels_last: expected true or false, got 1"):
+        train_commands(one, {"channels_last": 1}, "d", "o")
+    with pytest.raises(ExperimentError, match=r"training\.progress: not an option of repnext train"):
+        train_commands(one, {"progress": True}, "d", "o")
 
 
 def test_bad_experiments_fail_with_one_line_and_leave_nothing(folder, tmp_path):

@@ -41,6 +41,8 @@ ROOT = Path(__file__).parents[2]
 OPENVINO = missing_requirement("openvino")
 COMPILE = missing_requirement("compile")
 LINUX = sys.platform.startswith("linux")
+# One xdist worker runs this module: the shared benchmark below and the workers' forkserver start once.
+pytestmark = pytest.mark.xdist_group("latency_workers")
 
 
 @functools.cache
