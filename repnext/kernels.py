@@ -31,6 +31,7 @@ from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
+from jupyter_core.paths import jupyter_runtime_dir
 
 __all__ = ["KernelServer", "ServedKernelManager", "kernel_server"]
 
@@ -210,7 +211,18 @@ class _ServedProvisioner(LocalProvisioner):
 
 
 class ServedKernelManager(AsyncKernelManager):
-    """A kernel manager whose kernels come from :func:`kernel_server` (pass it as ``kernel_manager_class``)."""
+    """A kernel manager whose kernels come from :func:`kernel_server` (pass it as ``kernel_manager_class``).
+
+    Where there are Unix sockets, kernel and client talk over ZeroMQ's ``ipc`` transport in Jupyter's runtime
+    folder rather than over local TCP ports (which the kernel warns about on every start: unencrypted).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if os.name == "posix":
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(parents=True, exist_ok=True)
+            self.transport, self.ip = "ipc", str(runtime / f"kernel-{uuid.uuid4().hex[:12]}")
 
     async def _async_pre_start_kernel(self, **kw):
         if self.provisioner is None:
