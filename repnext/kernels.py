@@ -110,7 +110,6 @@ class KernelServer:
 
     def __init__(self, start_method: str) -> None:
         context = multiprocessing.get_context(start_method)
-        self.start_method = start_method
         self._conn, child = context.Pipe()
         # Not a daemon: a daemon's descendants may not start processes (the latency stage's workers).
         self._process = context.Process(target=_serve, args=(child,), name="repnext-kernel-server")
@@ -138,9 +137,6 @@ class KernelServer:
                 self._ready = True
             self._conn.send((argv, env, cwd))
             return self._conn.recv()
-
-    def alive(self) -> bool:
-        return self._process.is_alive()
 
 
 @functools.cache

@@ -14,6 +14,8 @@ import yaml
 from repnext.kernels import _fork_is_safe
 from repnext.pipeline import run_notebook
 
+pytestmark = pytest.mark.usefixtures("one_thread_kernels")
+
 # Each cell records a fact about the kernel it runs in; the last one plots, so the inline backend is checked too.
 CELLS = [
     "import os, sys\nfacts = {'preloaded': 'repnext' in sys.modules and 'torch' in sys.modules}",
@@ -87,9 +89,3 @@ def test_the_repnext_command_forks_its_kernel_server_from_itself(tmp_path):
     facts = _facts(tmp_path)
     _check(tmp_path, facts, tmp_path / "out.ipynb")
     assert facts["server"][1:4] == ["-m", "repnext", "notebook"], facts["server"]  # a fork of the command itself
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """Kernels here share the suite's two cores, as the pipeline tests' kernels do (and so their kernel server)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")

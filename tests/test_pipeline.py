@@ -99,13 +99,7 @@ TESTED_STAGES = sorted(name for name in STAGES if "@" not in name or _reduced(na
 
 # One xdist worker runs every test that starts a kernel, so one kernel server (spawned: the worker runs threads)
 # serves them all (tests/test_kernels.py joins the group).
-pytestmark = pytest.mark.xdist_group("notebook_kernels")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """The kernels' threads: the suite's two workers share two cores (one kernel server serves this setting)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = [pytest.mark.xdist_group("notebook_kernels"), pytest.mark.usefixtures("one_thread_kernels")]
 
 
 def _run_stage(name: str, workdir: Path, params_file: Path) -> None:
