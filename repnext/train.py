@@ -119,6 +119,11 @@ class TrainConfig:
     progress: bool | None = None
     verify_images: bool = True
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout of weights and images during training (``--channels-last``)."""
+        return torch.channels_last if self.channels_last else torch.preserve_format
+
     def check(self) -> None:
         """Raise ``ValueError`` naming the command-line option of the first invalid value."""
         for name in (*_POSITIVE, "threads"):
@@ -277,10 +282,9 @@ def train_one_epoch(
     model.train()
     lr = optimizer.param_groups[0]["lr"]
     device, amp = dist_info.device, scaler is not None
-    layout = torch.channels_last if config.channels_last else torch.preserve_format
     total, steps = 0.0, 0
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, file=sys.stderr):
-        images = images.to(device, non_blocking=True, memory_format=layout)
+        images = images.to(device, non_blocking=True, memory_format=config.memory_format)
         targets = targets.to(device, non_blocking=True)
         if mixup is not None:
             images, targets = mixup(images, targets)
@@ -415,7 +419,7 @@ def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:
     model = _build_model(config, len(train_set.classes))
     _set_transforms(config, model, train_set, val_set)
     state = _load_resume(config.resume, model) if config.resume else None
-    model.to(dist_info.device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
+    model.to(dist_info.device, memory_format=config.memory_format)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay)
     scheduler, _ = create_scheduler_v2(
