@@ -16,6 +16,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from .errors import one_line
+
 __all__ = [
     "CheckpointError",
     "checkpoint_filter_fn",
@@ -69,18 +71,17 @@ def read_checkpoint(path: str | os.PathLike) -> object:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a file of other bytes fails anywhere in the unpickler (KeyError, ...)
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_one_line(error)})") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_torch_load_error(error)})") from None
 
 
-def _one_line(error: Exception) -> str:
+def _torch_load_error(error: Exception) -> str:
     """The gist of a ``torch.load`` error on one line (torch's ``weights_only`` explanation runs over many)."""
     text = str(error)
     _, marker, rest = text.partition("WeightsUnpickler error:")
     if marker:
         reason = next((line.strip() for line in rest.splitlines() if line.strip()), "")
         return f"refused by weights_only=True: {reason.partition(' Please ')[0]}"
-    reason = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
+    return one_line(error)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from . import progress
 from .registry import check_model_name, list_models
 from .tables import FORMATS, Table
 
@@ -46,7 +47,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
     tolerances = dict.fromkeys(dtypes, args.tolerance) if args.tolerance is not None else None
     resolutions = [(args.resolution, args.resolution)]
     table = reparam_check(_models(args.models + args.more_models), resolutions, dtypes, tolerances,
-                          batch_size=args.batch_size, seed=args.seed)  # fmt: skip
+                          args.batch_size, args.seed, progress.wanted(args.progress))  # fmt: skip
     _emit(table, args.format, args.output)
     if not all(row["passed"] for row in table.rows):
         raise SystemExit("repnext verify: some fused models differ from their training form beyond tolerance")
@@ -57,7 +58,7 @@ def cmd_stats(args: argparse.Namespace) -> None:
 
     forms = tuple(args.forms or ["deploy"])
     try:
-        table = model_stats(_models(args.models), args.resolution, forms)
+        table = model_stats(_models(args.models), args.resolution, forms, progress.wanted(args.progress))
     except ValueError as error:  # e.g. a resolution whose activations cannot fit in memory
         raise SystemExit(f"repnext stats: {error}") from None
     _emit(table, args.format, args.output)
@@ -74,6 +75,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             args.models, args.forms or ["unfused", "fused"], args.backends or ["eager"], args.resolution,
             args.threads, args.device, args.rounds, args.warmup, args.batch_size, min_rounds=args.min_rounds,
             block_ms=args.block_ms, gemm_size=args.gemm_size, weights=args.weights,
+            progress=progress.wanted(args.progress),
         )  # fmt: skip
     except BenchmarkError as error:
         raise SystemExit(f"repnext bench: {error}") from None
@@ -86,17 +88,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .checkpoint import CheckpointError
     from .export import ExportError, export_model
-    from .reparam import reparameterize
-    from .weights import load_weights
+    from .weights import in_form, load_weights
 
     name = _models([args.model])[0]
     try:
         model, weights = load_weights(name, args.weights, num_classes=args.num_classes)
         if weights.form == "torchscript":
             raise ExportError(f"{args.weights}: upstream's scripted fused model runs as is; it cannot be re-exported")
-        if args.unfused and weights.form != "train":
-            raise ExportError(f"--unfused: {args.weights} holds the fused form only")
-        model = model.eval() if args.unfused or weights.form == "fused" else reparameterize(model.eval())
+        model = in_form(model, weights, "train" if args.unfused else "fused", args.weights)
         report = export_model(model, args.format, args.output, args.resolution, args.tolerance)
     except (CheckpointError, ExportError) as error:
         raise SystemExit(f"repnext export: {error}") from None
@@ -107,7 +106,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_model
     from .train import parse_model_kwargs
 
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
     suffix = os.path.splitext(args.output or "")[1].lstrip(".")
     if args.output and {"tex": "latex"}.get(suffix, suffix) not in FORMATS:
         raise SystemExit(
@@ -117,7 +115,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         table = evaluate_model(
             _models([args.model])[0], args.data, args.split, args.weights, args.form, args.batch_size,
             args.img_size, args.crop_pct, args.interpolation, parse_model_kwargs(args.model_kwargs),
-            args.threads, args.device, args.workers, progress,
+            args.threads, args.device, args.workers, progress.wanted(args.progress),
         )  # fmt: skip
     except ValueError as error:  # DatasetError, WeightsError, a bad option: one line naming it
         raise SystemExit(f"repnext eval: {error}") from None
@@ -277,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         help="write here instead of stdout; the suffix (.csv/.md/.tex/.json) picks the format",
     )
+    progress.add_arguments(verify)
     verify.set_defaults(func=cmd_verify)
 
     stats = sub.add_parser("stats", help="parameters and fvcore MACs (1 MAC = 1 fvcore flop), beside published")
@@ -288,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     forms.add_argument("--form", dest="forms", action="append", choices=("train", "deploy", "single_branch"))
     stats.add_argument("--format", choices=FORMATS, default="md")
     stats.add_argument("-o", "--output", help="write here instead of stdout; the suffix picks the format")
+    progress.add_arguments(stats)
     stats.set_defaults(func=cmd_stats)
 
     bench = sub.add_parser("bench", help="batch-1 latency (and throughput) of training/fused forms on backends")
@@ -312,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--format", choices=FORMATS, default="md")
     bench.add_argument("-o", "--output", help="write the latency table here; the suffix picks the format")
     bench.add_argument("--throughput-output", help="write the throughput table here (with --batch-size > 1)")
+    progress.add_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 
     export = sub.add_parser("export", help="export the fused model and verify the artifact against PyTorch")
@@ -352,9 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's choice)")
     evaluate.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     evaluate.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    progress = evaluate.add_mutually_exclusive_group()
-    progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="progress bar")
-    progress.add_argument("--no-progress", dest="progress", action="store_false", help="(default when not a TTY)")
+    progress.add_arguments(evaluate)
     evaluate.add_argument("--format", choices=FORMATS, default="md")
     evaluate.add_argument("-o", "--output", help="write here instead of stdout; the suffix picks the format")
     evaluate.set_defaults(func=cmd_eval)

@@ -14,7 +14,6 @@ float summation order of the loss).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,13 +22,13 @@ import torch.distributed as dist
 from timm.data import create_transform, resolve_model_data_config
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from .datasets import build_split
 from .distributed import Distributed, runtime, setup_distributed, shard
+from .progress import bar
 from .registry import create_model
 from .tables import Table
-from .weights import load_weights
+from .weights import in_form, load_weights
 
 __all__ = ["EVAL_COLUMNS", "FormComparison", "eval_data_config", "evaluate_forms", "evaluate_model"]
 
@@ -69,7 +68,7 @@ def evaluate_forms(
     names = list(models)
     sums = {name: [0.0, 0.0, 0.0] for name in names}  # loss, top-1 hits, top-5 hits
     count, agree, max_diff = 0, 0.0, 0.0
-    for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, file=sys.stderr):
+    for images, targets in bar(loader, desc, progress):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         logits = {}
         for name in names:
@@ -121,19 +120,6 @@ def eval_data_config(
     return config
 
 
-def _forms(model: nn.Module, form: str, loaded: str, spec: str | None) -> dict[str, nn.Module]:
-    from .reparam import reparameterize
-
-    if loaded != "train":  # a fused TorchScript file: only that form exists
-        if form == "both":
-            raise ValueError(f"--both: weights {spec!r} are a fused model; the training form is not in the file")
-        return {"fused": model}
-    if form == "train":
-        return {"train": model}
-    fused = reparameterize(model.eval())
-    return {"fused": fused} if form == "fused" else {"train": model, "fused": fused}
-
-
 def evaluate_model(
     model_name: str,
     data: str,
@@ -179,8 +165,11 @@ def evaluate_model(
                     f"--data: class {differ} of {data} {split} is {dataset.classes[differ]!r}, "
                     f"but the weights call it {names[differ]!r}"
                 )
-            models = {name: network.to(dist_info.device) for name, network in
-                      _forms(model, form, described.form, weights).items()}  # fmt: skip
+            if form == "both":
+                forms = ("train", "fused")
+            else:  # a fused file holds one form: that is the one evaluated
+                forms = (form if described.form == "train" else "fused",)
+            models = {f: in_form(model, described, f, weights).to(dist_info.device) for f in forms}
             subset = Subset(dataset, shard(len(dataset), dist_info))
             loader = DataLoader(subset, batch_size, num_workers=workers)
             result = evaluate_forms(models, loader, dist_info, desc=f"eval {split}", progress=progress)

@@ -17,6 +17,7 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from .errors import one_line
 from .io import atomic_path
 
 KERNEL = "python3"  # papermill from this environment resolves it to the same interpreter
@@ -112,6 +113,9 @@ def run_notebook(source: str | os.PathLike, output: str | os.PathLike, parameter
     except papermill.PapermillExecutionError as error:
         _remove_new_files(before)
         raise StageError(f"{source}: {error.ename}: {error.evalue} (executed copy: {scratch})") from None
+    except Exception as error:  # the kernel died or never started (nbclient's DeadKernelError, RuntimeError, ...)
+        _remove_new_files(before)
+        raise StageError(f"{source}: the notebook's kernel failed: {one_line(error)}") from None
     except BaseException:
         _remove_new_files(before)
         raise

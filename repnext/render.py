@@ -19,6 +19,7 @@ import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
+from .errors import one_line
 from .io import write_text
 
 # nbconvert's lab page without its scripts: math arrives as MathML, and nothing may load from a network.
@@ -67,7 +68,7 @@ def latex_to_mathml(tex: str, display: bool, where: str) -> str:
     try:
         mathml = convert(tex, display="block" if display else "inline")
     except Exception as error:  # latex2mathml raises its own types for malformed input
-        raise RenderError(f"{where}: cannot convert ${tex}$: {type(error).__name__}: {error}") from None
+        raise RenderError(f"{where}: cannot convert ${tex}$: {one_line(error)}") from None
     unknown = _UNKNOWN_COMMAND.search(mathml)
     if unknown:
         raise RenderError(f"{where}: unsupported LaTeX command {unknown.group(1)} in ${tex}$")
@@ -124,7 +125,7 @@ def render_notebook_html(executed_ipynb: str | os.PathLike, html_path: str | os.
     try:
         nb = nbformat.read(source, as_version=4)
     except (OSError, ValueError) as error:  # missing file, or not a notebook (nbformat's errors are ValueErrors)
-        raise RenderError(f"{source}: cannot read the notebook: {type(error).__name__}: {error}") from None
+        raise RenderError(f"{source}: cannot read the notebook: {one_line(error)}") from None
     title = nb.metadata.get("title") or _title(nb.cells, source.stem)
     mathml: list[str] = []
     for index, cell in enumerate(nb.cells):

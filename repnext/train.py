@@ -46,13 +46,14 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import NativeScaler, dispatch_clip_grad
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
-from tqdm import tqdm
 
 from .checkpoint import CheckpointError, check_state_dict, read_checkpoint
 from .datasets import build_datasets
 from .distributed import Distributed, runtime, setup_distributed, shard
 from .evaluation import evaluate_forms
 from .io import atomic_path, write_text
+from .progress import add_arguments as add_progress_arguments
+from .progress import bar, wanted
 from .registry import create_model
 
 __all__ = [
@@ -197,9 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="write log.txt only: no checkpoint.pth or best.pth (the run cannot be resumed)",
     )
-    progress = parser.add_mutually_exclusive_group()
-    progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="progress bars")
-    progress.add_argument("--no-progress", dest="progress", action="store_false", help="(default when not a TTY)")
+    add_progress_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -283,7 +282,7 @@ def train_one_epoch(
     lr = optimizer.param_groups[0]["lr"]
     device, amp = dist_info.device, scaler is not None
     total, steps = 0.0, 0
-    for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, file=sys.stderr):
+    for images, targets in bar(loader, desc, progress):
         images = images.to(device, non_blocking=True, memory_format=config.memory_format)
         targets = targets.to(device, non_blocking=True)
         if mixup is not None:
@@ -410,7 +409,7 @@ def train(config: TrainConfig) -> list[dict]:
 
 def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:
     main_process = dist_info.rank == 0
-    progress = main_process and (sys.stderr.isatty() if config.progress is None else config.progress)
+    progress = main_process and wanted(config.progress)
     out = Path(config.out)
     checkpoint_dir = Path(config.checkpoint_dir or config.out)
     train_set, val_set = build_datasets(config.data, verify_images=config.verify_images)

@@ -35,9 +35,10 @@ from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, check_state_dict, is_torchscript, load_checkpoint, read_checkpoint
 from .checkpoint import read_state_dict as _read_state_dict
+from .errors import one_line
 from .registry import check_model_name, list_models
 
-__all__ = ["HF_PREFIX", "Weights", "WeightsError", "fetch_file", "load_torchscript", "load_weights"]
+__all__ = ["HF_PREFIX", "Weights", "WeightsError", "fetch_file", "in_form", "load_torchscript", "load_weights"]
 
 HF_PREFIX = "hf-hub:"
 _URL_SCHEMES = ("http", "https", "file")
@@ -60,6 +61,21 @@ class Weights:
     trained: bool
     class_names: tuple[str, ...] | None  # index -> name, when known
     form: str = "train"
+
+
+def in_form(model: nn.Module, weights: Weights, form: str, spec: str | os.PathLike | None) -> nn.Module:
+    """``model``, as :func:`load_weights` returned it with ``weights``, in ``form``: ``"train"`` as loaded, or
+    ``"fused"`` (a re-parameterized copy; the model itself when the file held a fused model). Asking a fused
+    file for the training form raises :class:`WeightsError` naming ``spec``."""
+    from .reparam import reparameterize
+
+    if form not in ("train", "fused"):
+        raise ValueError(f"unknown form {form!r}; choose train or fused")
+    if weights.form == "train":
+        return model if form == "train" else reparameterize(model.eval()).eval()  # new fused modules start in train()
+    if form == "train":
+        raise WeightsError(f"{os.fspath(spec)}: holds a fused model only; the training form is not in the file")
+    return model
 
 
 def is_url(text: str) -> bool:
@@ -132,10 +148,9 @@ def _load_released(model_name: str, spec: str, num_classes: int | None, model_kw
     try:
         return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except Exception as error:  # network, Hugging Face and checksum failures all mean the same to the user
-        reason = str(error).splitlines()[0] if str(error) else ""
         raise WeightsError(
             f"weights {spec!r}: could not load the released weights of {model_name} "
-            f"({type(error).__name__}: {reason}); they need network access (Colab has it), "
+            f"({one_line(error)}); they need network access (Colab has it), "
             "or pass a downloaded checkpoint's path"
         ) from None
 
@@ -158,8 +173,7 @@ def _jit_load(path: Path) -> torch.jit.ScriptModule:
         try:
             return torch.jit.load(os.fspath(path), map_location="cpu")
         except Exception as error:
-            reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-            raise WeightsError(f"{path}: not a loadable TorchScript model ({type(error).__name__}: {reason})") from None
+            raise WeightsError(f"{path}: not a loadable TorchScript model ({one_line(error)})") from None
 
 
 def _fused_forms(model_name: str, rows: int | None, model_kwargs: Mapping) -> Iterator[tuple[nn.Module, int]]:

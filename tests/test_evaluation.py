@@ -74,7 +74,7 @@ def test_fused_torchscript_evaluates_like_the_training_form(setup, tmp_path, cap
     assert header.startswith("model,weights,form,split,images,top1,top5,loss")
     assert scripted.split(",")[2] == "fused" and trained.split(",")[2] == "train"
     assert scripted.split(",")[4:7] == trained.split(",")[4:7]  # images, top-1, top-5
-    with pytest.raises(SystemExit, match=r"^repnext eval: --both: weights '.*_fused\.pt' are a fused model"):
+    with pytest.raises(SystemExit, match=r"^repnext eval: .*_fused\.pt: holds a fused model only; the training form"):
         main([*args, "--weights", str(tmp_path / "repnext_m0_without_distill_1e_fused.pt"), "--both"])
 
 

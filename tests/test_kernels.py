@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from repnext.kernels import _fork_is_safe
-from repnext.pipeline import run_notebook
+from repnext.pipeline import StageError, run_notebook
 
 pytestmark = pytest.mark.usefixtures("one_thread_kernels")
 
@@ -89,3 +89,20 @@ def test_the_repnext_command_forks_its_kernel_server_from_itself(tmp_path):
     facts = _facts(tmp_path)
     _check(tmp_path, facts, tmp_path / "out.ipynb")
     assert facts["server"][1:4] == ["-m", "repnext", "notebook"], facts["server"]  # a fork of the command itself
+
+
+def test_a_kernel_that_dies_mid_run_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("value = 0"),
+        nbformat.v4.new_code_cell(
+            "import os\nos.makedirs('artifacts', exist_ok=True)\nopen('artifacts/partial.txt', 'w').close()\nos._exit(3)"
+        ),
+    ]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "dies.ipynb")
+    with pytest.raises(StageError, match=r"^dies\.ipynb: the notebook's kernel failed: DeadKernelError: "):
+        run_notebook("dies.ipynb", "out.ipynb", {})
+    assert not (tmp_path / "out.ipynb").exists() and not (tmp_path / "artifacts" / "partial.txt").exists()

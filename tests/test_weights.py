@@ -10,7 +10,7 @@ from repnext.analysis.equivalence import randomize_batchnorm
 from repnext.checkpoint import read_state_dict
 from repnext.registry import create_model
 from repnext.reparam import reparameterize
-from repnext.weights import Weights, WeightsError, load_weights
+from repnext.weights import Weights, WeightsError, in_form, load_weights
 
 TINY = dict(embed_dim=(8, 16, 32, 64), depth=(1, 1, 1, 1))
 
@@ -97,6 +97,22 @@ def test_fused_torchscript_as_publish_writes_it_loads_and_agrees(trained, tmp_pa
     with torch.no_grad():
         assert torch.equal(model(x), fused(x))
         assert torch.allclose(model(x), trained(x), atol=1e-5)
+
+
+def test_every_command_turns_loaded_weights_into_the_form_it_asks_for(trained):
+    """One rule for eval, export and bench: a training-form model gives either form; a fused file gives only fused."""
+    train_weights, fused_weights = Weights("w", True, None, "train"), Weights("w", True, None, "fused")
+    assert in_form(trained, train_weights, "train", "w.pth") is trained
+    fused = in_form(trained, train_weights, "fused", "w.pth")
+    assert fused is not trained and all(m.training is False for m in fused.modules())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), trained(x), atol=1e-5)
+    assert in_form(fused, fused_weights, "fused", "f.pt") is fused
+    with pytest.raises(WeightsError, match=r"^f\.pt: holds a fused model only; the training form is not in the file$"):
+        in_form(fused, fused_weights, "train", "f.pt")
+    with pytest.raises(ValueError, match="unknown form 'unfused'"):
+        in_form(trained, train_weights, "unfused", "w.pth")
 
 
 def test_torchscript_of_another_variant_names_it(trained, tmp_path):

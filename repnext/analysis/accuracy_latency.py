@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import ScalarFormatter
 
 from ..tables import Table
+from .latency.bench import NOTHING_TO_FUSE
 from .stats import published_results
 
 SUMMARY_COLUMNS = (
@@ -82,9 +83,11 @@ def _family(model: str, peers: dict[str, str]) -> str:
 def summarize_latency(runs: pd.DataFrame) -> Table:
     """One row per model from the long latency table: unfused and fused eager latency, the speed-up,
     and the fastest verified fused backend with its IQR and achieved MAC rate (also as a fraction of
-    the measured peak GEMM rate). Rows whose ``status`` is not ``ok`` (failed verification) are left out."""
+    the measured peak GEMM rate). Rows whose ``status`` is not ``ok`` (failed verification) are left out; a
+    model with nothing to fuse (its training form not timed, being the fused module) has a speed-up of 1."""
     peers = published_accuracy_latency().set_index("timm_model")["family"].to_dict()
     rows = []
+    unchanged = set(runs.model[runs.status.eq(NOTHING_TO_FUSE)]) if "status" in runs else set()
     if "status" in runs:
         runs = runs[runs.status.eq("ok")]
     for model, group in runs.groupby("model", sort=True):
@@ -94,7 +97,7 @@ def summarize_latency(runs: pd.DataFrame) -> Table:
         both = {"unfused", "fused"} <= set(eager.index)
         rows.append(dict(
             model=model, family=_family(model, peers), unfused_ms=eager.get("unfused"), fused_ms=eager.get("fused"),
-            fused_speedup=eager["unfused"] / eager["fused"] if both else None,
+            fused_speedup=eager["unfused"] / eager["fused"] if both else 1.0 if model in unchanged else None,
             fastest_backend=None if best is None else best.backend, fastest_ms=None if best is None else best.median_ms,
             macs_g=group.macs_g.iloc[0], gmacs_per_s=None if best is None else best.gmacs_per_s,
             peak_fraction=None if best is None else best.peak_fraction,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..progress import bar
 from ..registry import create_model
 from ..reparam import has_single_branch_form, reparameterize
 from ..tables import Table
@@ -73,17 +74,18 @@ def reparam_check(
     tolerances: dict[str, float] | None = None,
     batch_size: int = 2,
     seed: int = 0,
+    progress: bool = False,
 ) -> Table:
     """Fused vs training form for each variant, fused form, dtype and ``(H, W)`` input size.
 
     Models get random BatchNorm statistics; inputs are ``[batch_size, 3, H, W]``. The ``single_branch``
-    form is checked for the families that have one (RepNeXt).
+    form is checked for the families that have one (RepNeXt). ``progress`` shows a bar on stderr.
 
     Columns: ``model, form, dtype, resolution, max_abs_err, max_rel_err, tolerance, passed``.
     """
     tolerances = {**TOLERANCES, **(tolerances or {})}
     rows = []
-    for name, dtype_name in itertools.product(names, dtypes):
+    for name, dtype_name in bar(itertools.product(names, dtypes), "verify", progress, len(names) * len(dtypes)):
         dtype = getattr(torch, dtype_name)
         torch.manual_seed(seed)
         model = randomize_batchnorm(create_model(name), seed=seed).to(dtype).eval()

@@ -43,6 +43,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..errors import one_line
 from ..models.recnext import RecAttn2d, RecConv2d
 from ..models.recnext_tsb import PartialChannelMixer
 from ..models.repnext import ChunkConv
@@ -154,7 +155,7 @@ def load_image(source: str | os.PathLike) -> Image.Image:
             opened.load()
             image = ImageOps.exif_transpose(opened)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise ImageError(f"image {source!r}: not a readable image ({type(error).__name__}: {error})") from None
+        raise ImageError(f"image {source!r}: not a readable image ({one_line(error)})") from None
     return to_rgb(image)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.metanext import Downsample, MetaNeXtBlock
+from ..progress import bar
 from ..registry import check_model_name, create_model, models_by_family
 from ..reparam import has_single_branch_form, reparameterize
 from ..tables import Table
@@ -66,6 +67,15 @@ def count_macs(model: nn.Module, resolution: int | tuple[int, int], in_chans: in
     analysis.uncalled_modules_warnings(False)
     total = analysis.total()
     return total, sorted(analysis.unsupported_ops())
+
+
+def known_macs(table: str | os.PathLike, resolution: int) -> dict[str, float]:
+    """fvcore MACs (multiply-adds, not G) of each ``deploy`` row counted at ``resolution`` in a
+    :func:`model_stats` CSV, to precision 1e6 (its ``macs_g`` column has three decimals)."""
+    with open(table, newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    return {r["model"]: float(r["macs_g"]) * 1e9 for r in rows if r["form"] == "deploy"
+            and int(r["resolution"]) == resolution}  # fmt: skip
 
 
 _PROBE_SIDE = 64
@@ -144,13 +154,19 @@ def _published(rows: list[dict[str, str]], model: str, form: str, column: str) -
     return None
 
 
-def model_stats(names: list[str], resolution: int = 224, forms: tuple[str, ...] = ("deploy", "single_branch")) -> Table:
+def model_stats(
+    names: list[str],
+    resolution: int = 224,
+    forms: tuple[str, ...] = ("deploy", "single_branch"),
+    progress: bool = False,
+) -> Table:
     """One row per variant and form: parameters (M) of the training form and of ``form``, MACs (G) of ``form``.
 
     ``single_branch`` rows appear only for families that have such a form (RepNeXt).
 
     ``form`` is ``train`` (no fusion), ``deploy`` (the papers' inference form) or ``single_branch``;
     published values are joined from :func:`published_results` where the source reports that form.
+    ``progress`` shows a bar on stderr.
     """
     if resolution <= 0:
         raise ValueError(f"resolution must be a positive integer, got {resolution}")
@@ -159,7 +175,7 @@ def model_stats(names: list[str], resolution: int = 224, forms: tuple[str, ...] 
         raise ValueError(f"unknown form {unknown[0]!r}; choose from {', '.join(FORMS)}")
     families, published = models_by_family(), published_results()
     rows = []
-    for name in names:
+    for name in bar(names, "stats", progress):
         model = create_model(check_model_name(name)).eval()
         check_activation_memory(model, resolution)
         params_train, standalone = count_parameters(model), standalone_batchnorm_parameters(model)

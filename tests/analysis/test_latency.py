@@ -33,6 +33,7 @@ from repnext.analysis.latency import (
     time_interleaved,
 )
 from repnext.analysis.latency.backends import prepare_torch
+from repnext.analysis.latency.bench import BUILDER, NOTHING_TO_FUSE
 from repnext.analysis.latency.session import Session
 from repnext.analysis.latency.workers import Worker, cpu_seconds, timed_block
 from repnext.cli import main
@@ -45,19 +46,23 @@ LINUX = sys.platform.startswith("linux")
 pytestmark = pytest.mark.xdist_group("latency_workers")
 
 
+GIVEN_MACS = 1.234e9  # a count passed in for RepNeXt-M0 (as the stage passes model_stats'), used instead of counting
+
+
 @functools.cache
 def _run():
     """One small benchmark, shared: eager (both forms), TorchScript and ONNX Runtime (and OpenVINO if installed)
-    on the fused form, throughput at batch 2, tiny peak kernels."""
+    on the fused form, throughput at batch 2, tiny peak kernels; StarNet-S050 has nothing to fuse; two models, so
+    the second builder builds one of them."""
     backends = ["eager", "torchscript", "onnxruntime"] + ([] if OPENVINO else ["openvino"])
-    return benchmark(["repnext_m0"], backends=backends, resolution=32, threads=1, rounds=3, min_rounds=2, warmup=1,
-                     batch_size=2, unfused_backends=["eager"], gemm_size=64, copy_mib=4, group_size=1,
-                     throughput_seconds=(0.01, 0.02))  # fmt: skip
+    return benchmark(["repnext_m0", "starnet_s050"], backends=backends, resolution=32, threads=1, rounds=3,
+                     min_rounds=2, warmup=1, batch_size=2, unfused_backends=["eager"], gemm_size=64, copy_mib=4,
+                     group_size=2, throughput_seconds=(0.01, 0.02), macs={"repnext_m0": GIVEN_MACS})  # fmt: skip
 
 
 def test_each_backend_runs_in_its_own_process_and_the_others_are_stopped_meanwhile():
     result = _run()
-    assert set(result.pids) >= {"eager", "torchscript", "onnxruntime"}
+    assert set(result.pids) >= {"eager", "torchscript", "onnxruntime", BUILDER} or (os.cpu_count() or 1) == 1
     assert len(set(result.pids.values())) == len(result.pids) and os.getpid() not in result.pids.values()
     assert all(not Path(f"/proc/{pid}").exists() for pid in result.pids.values()) or not LINUX  # all closed
     assert result.blocks >= 3 * len(result.pids)  # peak kernels and configurations, every round
@@ -67,9 +72,10 @@ def test_each_backend_runs_in_its_own_process_and_the_others_are_stopped_meanwhi
 
 def test_rows_carry_median_spread_and_fraction_of_the_measured_peak():
     result = _run()
-    rows = {(r["form"], r["backend"]): r for r in result.latency.rows}
+    rows = {(r["form"], r["backend"]): r for r in result.latency.rows if r["model"] == "repnext_m0"}
     backends = ["eager", "torchscript", "onnxruntime"] + ([] if OPENVINO else ["openvino"])
     assert set(rows) == {("unfused", "eager")} | {("fused", b) for b in backends}
+    assert all(row["macs_g"] == GIVEN_MACS / 1e9 for row in rows.values())  # given, not counted again
     gemms = [r for r in result.peaks.rows if r["kernel"] == "gemm"]
     assert {r["backend"] for r in gemms} >= {"eager", "onnxruntime"} and result.copy_gb_per_s > 0
     assert result.peak_gmacs == max(r["rate"] for r in gemms)
@@ -79,8 +85,18 @@ def test_rows_carry_median_spread_and_fraction_of_the_measured_peak():
         assert math.isclose(row["gmacs_per_s"], row["macs_g"] / (row["median_ms"] / 1e3))
         assert math.isclose(row["peak_fraction"], row["gmacs_per_s"] / result.peak_gmacs)
     assert rows["fused", "onnxruntime"]["max_abs_error"] < 1e-4  # verified against PyTorch before timing
-    assert {(r["form"], r["backend"]) for r in result.throughput.rows} == set(rows)
+    assert {(r["form"], r["backend"]) for r in result.throughput.rows if r["model"] == "repnext_m0"} == set(rows)
     assert describe_peak(result, 1).startswith("peak: float32 GEMM 64^3 on 1 thread(s), GMAC/s: eager ")
+
+
+def test_a_model_with_nothing_to_fuse_times_its_fused_form_only():
+    """StarNet has no branches: its training form is the fused module, reported as not timed, never as a speed-up."""
+    rows = {(r["form"], r["backend"]): r for r in _run().latency.rows if r["model"] == "starnet_s050"}
+    assert rows["unfused", "eager"]["status"] == NOTHING_TO_FUSE and rows["unfused", "eager"].get("median_ms") is None
+    fused = {backend: r for (form, backend), r in rows.items() if form == "fused"}
+    assert all(fused[b]["status"] == "ok" and fused[b]["median_ms"] > 0 for b in ("eager", "onnxruntime"))
+    summary = {r["model"]: r for r in summarize_latency(pd.DataFrame(_run().latency.rows)).rows}
+    assert summary["starnet_s050"]["fused_speedup"] == 1.0 and summary["starnet_s050"]["unfused_ms"] is None
 
 
 def test_a_spinning_worker_is_stopped_while_another_one_times():
@@ -183,11 +199,13 @@ def test_bench_names_unknown_models_and_missing_cuda():
 def test_bench_cli_prints_the_peak_first_and_writes_the_latency_table(tmp_path, capsys):
     out = tmp_path / "latency_cpu.csv"
     main(["bench", "repnext_m0", "--fused", "--resolution", "32", "--rounds", "2", "--warmup", "1", "--threads", "1",
-          "--gemm-size", "64", "-o", str(out)])  # fmt: skip
+          "--gemm-size", "64", "-o", str(out), "--progress"])  # fmt: skip
     frame = pd.read_csv(out)
     assert list(frame.model) == ["repnext_m0"] and list(frame.form) == ["fused"] and frame.median_ms[0] > 0
     assert frame.status[0] == "ok" and frame.peak_gmacs[0] > 0 and frame.iqr_ms[0] >= 0
-    assert "peak: float32 GEMM 64^3 on 1 thread(s), GMAC/s: eager" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "peak: float32 GEMM 64^3 on 1 thread(s), GMAC/s: eager" in err
+    assert "bench:" in err and "timing repnext_m0" in err  # the bar says which phase the run is in
 
 
 def test_summary_and_measured_accuracy_join_published_numbers():

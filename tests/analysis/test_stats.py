@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import repnext
-from repnext.analysis.stats import count_macs, model_stats, published_results
+from repnext.analysis.stats import count_macs, known_macs, model_stats, published_results
 from repnext.cli import main
 
 ROOT = Path(__file__).parents[2]
@@ -53,6 +53,15 @@ def test_pipeline_table_reproduces_every_published_number():
     header = list(rows[0])
     required = ["model", "family", "resolution", "params_train_m", "params_m", "macs_g", "published_params_m"]
     assert [column for column in header if column in required] == required
+
+
+def test_known_macs_are_fvcore_counts_from_the_committed_table():
+    """The latency stage takes its variants' MACs from model_stats.csv instead of counting them again."""
+    table = ROOT / "artifacts" / "tables" / "model_stats.csv"
+    known = known_macs(table, 224)
+    assert set(known) == set(repnext.list_models()) and known_macs(table, 32) == {}
+    fused = repnext.reparameterize(timm.create_model("recnext_m0").eval())
+    assert abs(known["recnext_m0"] - count_macs(fused, 224)[0]) <= 0.5e6  # the table rounds to 1e6
 
 
 def test_published_results_name_their_source():

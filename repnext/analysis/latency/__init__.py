@@ -6,11 +6,16 @@ them are named ``latency_*`` so the determinism checks know to skip them.
 Protocol (:func:`benchmark`).
 
 1. **One process per backend.** Each backend (``eager``, ``channels_last``, ``torchscript``,
-   ``onnxruntime``, ``openvino``, ``compile``) runs in its own freshly spawned worker, whose thread
-   counts (``OMP_NUM_THREADS``, torch's intra-op threads, ONNX Runtime's and OpenVINO's thread
-   settings) are fixed before any library starts a pool. The ``eager`` worker also builds every model
-   (seeded random weights), fuses it, counts its fvcore MACs, exports it to ONNX once per form for
-   ONNX Runtime and OpenVINO, pickles it for the other torch backends, and writes the reference output.
+   ``onnxruntime``, ``openvino``, ``compile``) runs in its own worker process (forked from a server
+   that has only imported the libraries), whose thread counts (``OMP_NUM_THREADS``, torch's intra-op
+   threads, ONNX Runtime's and OpenVINO's thread settings) are fixed before any library starts a pool.
+   The ``eager`` worker, and a second builder process beside it when several models run on a CPU with
+   more than one core, build the models in turn (seeded random weights), fuse them, count their fvcore
+   MACs (unless given), export each form once to ONNX for ONNX Runtime and OpenVINO, pickle it for the
+   other torch backends, and write the reference output. Building, exporting and counting run on one
+   thread, so no idle OpenMP thread spins on the core the other workers compile on. A model that
+   fusing leaves unchanged (EfficientFormer, SwiftFormer, StarNet) has its training form reported as
+   not timed: it is the fused module, and timing it twice would only measure noise as a speed-up.
 2. **Verified before timed.** Every configuration runs once on the reference input and is kept only
    if it matches PyTorch within ``tolerance x max(1, max |logit|)``; otherwise its row says why.
 3. **Timed in isolation.** While one worker times, every other worker is stopped (``SIGSTOP``), so no

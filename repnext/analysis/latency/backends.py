@@ -105,19 +105,22 @@ def fuse_model(model: nn.Module) -> nn.Module:
     return reparameterize(model) if type(model).__module__.startswith("repnext.") else _timm_fuse(model)
 
 
+def unchanged_by_fusion(model: nn.Module, fused: nn.Module) -> bool:
+    """Whether fusing left ``model`` as it was (same modules, same tensors): peers with nothing to fuse."""
+    if type(model) is not type(fused) or repr(model) != repr(fused):
+        return False
+    before, after = model.state_dict(), fused.state_dict()
+    return before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
 def _with_weights(name: str, form: str, device: torch.device, weights: str) -> nn.Module:
-    from ...weights import load_weights
+    from ...weights import in_form, load_weights
 
     try:
         model, loaded = load_weights(name, weights)
-    except ValueError as error:
+        return in_form(model.to(device), loaded, "train" if form == "unfused" else "fused", weights)
+    except ValueError as error:  # WeightsError: one line naming the file
         raise BenchmarkError(str(error)) from None
-    if loaded.form != "train":
-        if form == "unfused":
-            raise BenchmarkError(f"--weights {weights}: a fused model; pass --fused")
-        return model.to(device)
-    model = model.to(device)
-    return reparameterize(model) if form == "fused" else model
 
 
 def _timm_fuse(model: nn.Module) -> nn.Module:

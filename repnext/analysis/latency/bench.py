@@ -7,12 +7,13 @@ import os
 import platform
 import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ...progress import bar
 from ...tables import Table
 from .backends import (
     FORMS,
@@ -33,6 +34,8 @@ LATENCY_COLUMNS = (
 )  # fmt: skip
 THROUGHPUT_COLUMNS = ("model", "form", "backend", "device", "threads", "batch_size", "resolution", "images_per_s",
                       "calls")  # fmt: skip
+BUILDER = "builder"  # the worker that only builds (every second model), beside the eager worker
+NOTHING_TO_FUSE = "not timed: fusing changes nothing (the fused form is the same module)"
 _UNITS = dict(gemm="GMAC/s", copy="GB/s")
 PEAK_COLUMNS = ("kernel", "backend", "device", "threads", "size", "median_ms", "iqr_ms", "samples", "rate", "unit")
 
@@ -47,7 +50,7 @@ class BenchResult:
     peak_gmacs: float | None  # the best float32 GEMM rate over the installed backends
     peak_backend: str | None
     copy_gb_per_s: float | None
-    pids: dict[str, int] = field(default_factory=dict)  # one worker process per backend
+    pids: dict[str, int] = field(default_factory=dict)  # one worker process per backend (and the builder)
     skipped: list[str] = field(default_factory=list)  # one line per backend that is not installed
     foreign_cpu_s: float | None = 0.0  # CPU time other workers used during timed blocks (0 when stopped)
     blocks: int = 0
@@ -58,8 +61,9 @@ class _Run:
 
     def __init__(self, workers: dict[str, Worker], rounds: int, min_rounds: int, spread_target: float,
                  warmup: int, block_s: float, device: str, threads: int, max_calls: int = 50,
-                 weights: str | None = None) -> None:  # fmt: skip
+                 weights: str | None = None, macs: Mapping[str, float] | None = None) -> None:  # fmt: skip
         self.workers, self.rounds, self.min_rounds, self.weights = workers, rounds, min_rounds, weights
+        self.known_macs = dict(macs or {})
         self.device, self.threads = device, threads
         self.spread_target, self.warmup, self.block_s, self.max_calls = spread_target, warmup, block_s, max_calls
         self.foreign: float | None = 0.0
@@ -146,33 +150,42 @@ class _Run:
 
     def prepare(self, configs: Sequence[tuple[str, str, str]], resolution: int, batch_size: int,
                 tolerance: float) -> tuple[dict, dict, dict]:  # fmt: skip
-        """Build each model of ``configs`` (``(model, form, backend)``) on the builder (the eager worker),
-        then have each backend's worker prepare and verify it, the others loading while the builder builds
-        the next model. Returns ``status`` (``ok`` or why not) and ``max_abs_error`` per configuration,
-        and fvcore MACs per model."""
-        builder = self.workers["eager"]
+        """Build each model of ``configs`` (``(model, form, backend)``) on a builder (the eager worker, and
+        the second builder when there is one, in turn), then have each backend's worker prepare and verify
+        it, the others loading while the builders build the next models. Returns ``status`` (``ok`` or why
+        not) and ``max_abs_error`` per configuration, and fvcore MACs per model."""
+        builders = [self.workers[b] for b in ("eager", BUILDER) if b in self.workers]
         status: dict[tuple[str, str, str], str] = {}
         errors: dict[tuple[str, str, str], float] = {}
         macs: dict[str, float] = {}
         submitted: list[tuple[str, tuple[str, str, str]]] = []
-        for name in dict.fromkeys(c[0] for c in configs):
-            mine = [c for c in configs if c[0] == name]
-            onnx_forms = sorted({f for _, f, b in mine if b in ONNX_BACKENDS})
-            pickle_forms = sorted({f for _, f, b in mine if b in TORCH_BACKENDS and b != "eager"})
-            built = builder.request("build", name, sorted({f for _, f, _ in mine}), resolution, onnx_forms,
-                                    pickle_forms, self.weights)  # fmt: skip
-            macs[name] = built["macs"]
-            for config in mine:
-                _, form, backend = config
-                if backend in ONNX_BACKENDS and form in built["onnx_errors"]:
-                    status[config] = built["onnx_errors"][form]
-                    continue
-                self.workers[backend].submit("prepare", "/".join(config), name, form, resolution, batch_size,
-                                             tolerance)  # fmt: skip
-                if backend == "eager":  # the builder answers before it builds the next model
-                    _collect(builder, config, status, errors)
-                else:
-                    submitted.append((backend, config))
+        names = list(dict.fromkeys(c[0] for c in configs))
+        for start in range(0, len(names), len(builders)):
+            chunk = list(zip(builders, names[start : start + len(builders)], strict=False))  # the last may be short
+            for builder, name in chunk:
+                mine = [c for c in configs if c[0] == name]
+                onnx_forms = sorted({f for _, f, b in mine if b in ONNX_BACKENDS})
+                loaded = {b for b in TORCH_BACKENDS if b != builder.backend}  # the torch backends that load a pickle
+                pickle_forms = sorted({f for _, f, b in mine if b in loaded})
+                builder.submit("build", name, sorted({f for _, f, _ in mine}), resolution, onnx_forms, pickle_forms,
+                               self.weights, name not in self.known_macs)  # fmt: skip
+            for builder, name in chunk:
+                built = builder.collect()
+                macs[name] = self.known_macs.get(name, built["macs"])
+                for config in (c for c in configs if c[0] == name):
+                    _, form, backend = config
+                    if form == "unfused" and built["nothing_to_fuse"]:
+                        status[config] = NOTHING_TO_FUSE
+                        continue
+                    if backend in ONNX_BACKENDS and form in built["onnx_errors"]:
+                        status[config] = built["onnx_errors"][form]
+                        continue
+                    self.workers[backend].submit("prepare", "/".join(config), name, form, resolution, batch_size,
+                                                 tolerance)  # fmt: skip
+                    if backend == "eager":  # answered before the eager worker builds again
+                        _collect(self.workers[backend], config, status, errors)
+                    else:
+                        submitted.append((backend, config))
         for backend, config in submitted:
             _collect(self.workers[backend], config, status, errors)
         return status, errors, macs
@@ -204,6 +217,8 @@ def benchmark(
     skip_missing: bool = False,
     peak_backends: Sequence[str] | None = None,
     weights: str | None = None,
+    macs: Mapping[str, float] | None = None,
+    progress: bool = False,
 ) -> BenchResult:
     """Batch-1 latency of every ``model x form x backend``, each backend in its own worker process and
     timed with every other worker stopped, against the machine's measured peak (see the package docstring).
@@ -217,7 +232,9 @@ def benchmark(
     that batch is measured too (``throughput_seconds`` = warm-up and measuring time per configuration).
     ``peak_backends`` limits the GEMM reference to those backends (default: every installed one of
     torch, ONNX Runtime and OpenVINO). ``weights`` loads this package's variants through
-    :func:`repnext.weights.load_weights` (default: seeded random weights).
+    :func:`repnext.weights.load_weights` (default: seeded random weights). ``macs`` gives fvcore MACs
+    already counted at ``resolution`` (e.g. :func:`repnext.analysis.stats.known_macs`); the others are counted.
+    ``progress`` shows a bar on stderr: models done, and what the run is doing now.
     """
     dev = check_device(device)
     skipped = []
@@ -231,16 +248,21 @@ def benchmark(
     peak_backends = [b for b in (PEAK_BACKENDS if peak_backends is None else peak_backends)
                      if b in backends or (dev.type == "cpu" and not missing_requirement(b))]  # fmt: skip
     started = list(dict.fromkeys(["eager", *backends, *peak_backends]))
+    if len(models) > 1 and dev.type == "cpu" and (os.cpu_count() or 1) > 1:
+        started.append(BUILDER)  # building and exporting are single-threaded: a second builder uses the other core
     latency_rows, throughput_rows = [], []
     with tempfile.TemporaryDirectory(prefix="repnext-bench-") as tmp, contextlib.ExitStack() as stack:
+        status_bar = stack.enter_context(bar(desc="bench", enabled=progress, total=len(models)))
+        status_bar.set_postfix_str("starting workers")
         workers = {}
         for backend in started:
             workers[backend] = Worker(backend, threads, device, Path(tmp))
             stack.callback(workers[backend].close)
         run = _Run(workers, rounds, min_rounds or rounds, spread_target, warmup, block_ms / 1e3, dev.type, threads,
-                   weights=weights)  # fmt: skip
+                   weights=weights, macs=macs)  # fmt: skip
         pids = {b: w.request("pid") for b, w in workers.items()}
 
+        status_bar.set_postfix_str("peak GEMM and copy")
         peak_rows = run.peak(peak_backends, gemm_size, copy_mib)
         gemms = [r for r in peak_rows if r["kernel"] == "gemm"]
         best = max(gemms, key=lambda r: r["rate"]) if gemms else None
@@ -249,20 +271,22 @@ def benchmark(
 
         for start in range(0, len(models), group_size):
             group = models[start : start + group_size]
-            status, errors, macs = run.prepare([c for c in configs if c[0] in group], resolution, batch_size,
+            status_bar.set_postfix_str(f"building and verifying {', '.join(group)}")
+            status, errors, counts = run.prepare([c for c in configs if c[0] in group], resolution, batch_size,
                                                tolerance)  # fmt: skip
             ok = [c for c in configs if c[0] in group and status[c] == "ok"]
             keys = {b: ["/".join(c) for c in ok if c[2] == b] for b in backends}
+            status_bar.set_postfix_str(f"timing {', '.join(group)}")
             samples, done = run.time(keys)
             for config in (c for c in configs if c[0] in group):
                 name, form, backend = config
                 row = dict(model=name, form=form, backend=backend, device=dev.type, threads=threads,
-                           resolution=resolution, macs_g=macs[name] / 1e9, peak_gmacs=peak,
+                           resolution=resolution, macs_g=counts[name] / 1e9, peak_gmacs=peak,
                            max_abs_error=errors.get(config), status=status[config])  # fmt: skip
                 times = samples.get("/".join(config))
                 if times:
                     median, iqr, low = spread(times)
-                    rate = macs[name] / 1e9 / (median / 1e3)
+                    rate = counts[name] / 1e9 / (median / 1e3)
                     row.update(median_ms=median, iqr_ms=iqr, min_ms=low, samples=len(times),
                                rounds=done["/".join(config)], gmacs_per_s=rate,
                                peak_fraction=rate / peak if peak else None)  # fmt: skip
@@ -275,6 +299,7 @@ def benchmark(
             run.resume_all()
             for worker in workers.values():
                 worker.request("release", group)
+            status_bar.update(len(group))
     floats = dict(median_ms=".2f", iqr_ms=".2f", min_ms=".2f", macs_g=".3f", gmacs_per_s=".2f", peak_gmacs=".1f",
                   peak_fraction=".3f", max_abs_error=".1e")  # fmt: skip
     sort = ("model", "form", "backend")

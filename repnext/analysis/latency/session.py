@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ...errors import one_line
 from .backends import (
     TORCH_BACKENDS,
     as_array,
@@ -24,6 +26,7 @@ from .backends import (
     prepare_onnx,
     prepare_torch,
     synchronize,
+    unchanged_by_fusion,
 )
 
 
@@ -44,42 +47,57 @@ class Session:
     def _input(self, resolution: int, batch_size: int = 1) -> torch.Tensor:
         """The seeded reference input ``[1, 3, R, R]`` (or a batch of it), on this worker's device."""
         path = self.workdir / f"input-{resolution}.npy"
-        if not path.exists():  # the builder writes it first; the others only read it
+        if not path.exists():  # a builder writes it first (atomically: two may race); the others only read it
             x = torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
-            np.save(path, x.numpy())
+            partial = path.with_name(f"{path.stem}.{os.getpid()}.npy")
+            np.save(partial, x.numpy())
+            os.replace(partial, path)
         x = torch.from_numpy(np.load(path)).to(self.device)
         return x if batch_size == 1 else x.expand(batch_size, -1, -1, -1).contiguous()
 
     def build(self, model: str, forms: Sequence[str], resolution: int, onnx_forms: Sequence[str],
-              pickle_forms: Sequence[str], weights: str | None = None) -> dict[str, object]:  # fmt: skip
+              pickle_forms: Sequence[str], weights: str | None = None,
+              count: bool = True) -> dict[str, object]:  # fmt: skip
         """Builder only: build ``model`` in each form (fused always, for its MACs), write the reference
         outputs and, for the other workers, the ONNX exports and pickles they need.
 
-        Returns ``{"macs": fvcore MACs of the fused form, "onnx_errors": {form: one line}}``.
+        Building, exporting and counting run on one thread: they are single-threaded Python, beside which
+        an idle second OpenMP thread would only spin on the core the other workers compile on. The
+        reference outputs use every thread. When fusing changes nothing (see :func:`unchanged_by_fusion`)
+        the training form is dropped: it is the fused module, so it is neither exported nor timed apart.
+
+        Returns ``{"macs": fvcore MACs of the fused form (``None`` unless ``count``), "onnx_errors": {form:
+        one line}, "nothing_to_fuse": bool}``.
         """
         from ..stats import count_macs
 
         x = self._input(resolution)
-        errors = {}
-        for form in [f for f in ("unfused", "fused") if f in forms or f == "fused"]:
-            if form == "fused" and "unfused" in forms and weights is None:  # fused from the built model, not rebuilt
-                net = fuse_model(self.models[model, "unfused"])
-            else:
-                net = build_model(model, form, self.device, weights=weights)
-            self.models[model, form] = net
+        nets: dict[str, torch.nn.Module] = {}
+        with _one_thread():
+            for form in ("unfused", "fused") if "unfused" in forms else ("fused",):
+                if form == "fused" and "unfused" in nets and weights is None:  # fused from the built model
+                    nets[form] = fuse_model(nets["unfused"])
+                else:
+                    nets[form] = build_model(model, form, self.device, weights=weights)
+            nothing_to_fuse = "unfused" in nets and unchanged_by_fusion(nets["unfused"], nets["fused"])
+            if nothing_to_fuse:
+                del nets["unfused"]
+        for form, net in nets.items():
             with torch.inference_mode():
                 np.save(artifact(self.workdir, model, form, ".npy"), as_array(net(x)))
-            if form in onnx_forms:
-                try:
-                    export_for_timing(net, artifact(self.workdir, model, form, ".onnx"), x)
-                except Exception as error:  # reported on every ONNX configuration of this form
-                    errors[form] = f"ONNX export failed: {one_line(error)}"
-            if form in pickle_forms:
-                torch.save(net, artifact(self.workdir, model, form, ".pt"))
-        macs = count_macs(self.models[model, "fused"], resolution)[0]
-        if "fused" not in forms:
-            del self.models[model, "fused"]
-        return {"macs": macs, "onnx_errors": errors}
+        errors = {}
+        with _one_thread():
+            for form, net in nets.items():
+                if form in onnx_forms:
+                    try:
+                        export_for_timing(net, artifact(self.workdir, model, form, ".onnx"), x)
+                    except Exception as error:  # reported on every ONNX configuration of this form
+                        errors[form] = f"ONNX export failed: {one_line(error)}"
+                if form in pickle_forms:
+                    torch.save(net, artifact(self.workdir, model, form, ".pt"))
+            macs = count_macs(nets["fused"], resolution)[0] if count else None
+        self.models.update({(model, form): net for form, net in nets.items() if form in forms})
+        return {"macs": macs, "onnx_errors": errors, "nothing_to_fuse": nothing_to_fuse}
 
     def prepare(self, key: str, model: str, form: str, resolution: int, batch_size: int,
                 tolerance: float) -> dict[str, float]:  # fmt: skip
@@ -169,7 +187,12 @@ class Session:
         return os.getpid()
 
 
-def one_line(error: BaseException) -> str:
-    """``Type: first line of the message`` (at most 300 characters)."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch's intra-op pool at one thread inside the block, back to its size after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

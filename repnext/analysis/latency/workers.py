@@ -192,7 +192,8 @@ def _serve(conn, backend: str, threads: int, device: str, workdir: str) -> None:
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    from .session import Session, one_line
+    from ...errors import one_line
+    from .session import Session
 
     session = Session(backend, threads, torch.device(device), Path(workdir))
     while True:
