@@ -97,7 +97,8 @@ def test_a_kernel_that_dies_mid_run_is_one_line_and_leaves_nothing(tmp_path, mon
     nb.cells = [
         nbformat.v4.new_code_cell("value = 0"),
         nbformat.v4.new_code_cell(
-            "import os\nos.makedirs('artifacts', exist_ok=True)\nopen('artifacts/partial.txt', 'w').close()\nos._exit(3)"
+            "import os\nos.makedirs('artifacts', exist_ok=True)\n"
+            "open('artifacts/partial.txt', 'w').close()\nos._exit(3)"
         ),
     ]
     nb.cells[0].metadata["tags"] = ["parameters"]

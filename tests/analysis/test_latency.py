@@ -5,7 +5,9 @@ No test asserts a speed: timings on a shared machine are noise; the structure is
 import functools
 import math
 import os
+import runpy
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -97,6 +99,28 @@ def test_a_model_with_nothing_to_fuse_times_its_fused_form_only():
     assert all(fused[b]["status"] == "ok" and fused[b]["median_ms"] > 0 for b in ("eager", "onnxruntime"))
     summary = {r["model"]: r for r in summarize_latency(pd.DataFrame(_run().latency.rows)).rows}
     assert summary["starnet_s050"]["fused_speedup"] == 1.0 and summary["starnet_s050"]["unfused_ms"] is None
+
+
+def test_an_onnxruntime_worker_gives_all_its_sessions_one_pool(tmp_path):
+    """Per-session pools spin after a call and slowed the next session's call 2x; a worker's sessions share one.
+    Run in a fresh interpreter: the shared pool, once set, holds for the whole process."""
+    if reason := missing_requirement("onnxruntime"):
+        pytest.skip(reason)
+    code = (
+        "import pathlib, sys\n"
+        "from repnext.analysis.latency.backends import BenchmarkError, onnx_session, prepare_gemm, "
+        "share_onnxruntime_pool\n"
+        "work = pathlib.Path(sys.argv[1])\n"
+        "prepare_gemm('onnxruntime', 8, 1, work)  # writes gemm8.onnx\n"
+        "assert onnx_session(work / 'gemm8.onnx', 1).get_session_options().use_per_session_threads\n"
+        "share_onnxruntime_pool(1)\n"
+        "sessions = [onnx_session(work / 'gemm8.onnx', 1) for _ in range(2)]\n"
+        "assert not any(s.get_session_options().use_per_session_threads for s in sessions)\n"
+        "try:\n    share_onnxruntime_pool(2)\nexcept BenchmarkError as error:\n    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ONNX Runtime's shared pool has 1 threads, not 2"
 
 
 def test_a_spinning_worker_is_stopped_while_another_one_times():
@@ -257,3 +281,12 @@ def test_bench_models_load_weights_through_the_resolver(tmp_path):
     torch.save({"model": timm.create_model("repnext_m0", num_classes=4).state_dict()}, tmp_path / "m0.pth")
     fused = build_model("repnext_m0", "fused", torch.device("cpu"), weights=str(tmp_path / "m0.pth"))
     assert fused.num_classes == 4 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+
+
+def test_the_isolation_benchmark_script_runs_and_prints_its_verdict_table(capsys):
+    """A smoke run of benchmarks/latency_isolation.py (its verdict needs an idle machine, so it is not asserted)."""
+    script = runpy.run_path(str(ROOT / "benchmarks" / "latency_isolation.py"))
+    code = script["main"](["--model", "repnext_m0", "--resolution", "32", "--rounds", "2", "--repeat", "1",
+                           "--backend", "eager", "--threads", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code in (0, 1) and "| backend | mixed / alone, raw" in out and "\n| eager | " in out

@@ -9,6 +9,8 @@ Protocol (:func:`benchmark`).
    ``onnxruntime``, ``openvino``, ``compile``) runs in its own worker process (forked from a server
    that has only imported the libraries), whose thread counts (``OMP_NUM_THREADS``, torch's intra-op
    threads, ONNX Runtime's and OpenVINO's thread settings) are fixed before any library starts a pool.
+   All ONNX Runtime sessions of its worker share one intra-op pool (a pool per session spins after a
+   call and slowed the next session's call 2x), as torch's OpenMP pool and OpenVINO's TBB arena are shared.
    The ``eager`` worker, and a second builder process beside it when several models run on a CPU with
    more than one core, build the models in turn (seeded random weights), fuse them, count their fvcore
    MACs (unless given), export each form once to ONNX for ONNX Runtime and OpenVINO, pickle it for the

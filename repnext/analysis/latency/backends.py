@@ -28,6 +28,7 @@ ONNX_BACKENDS = frozenset({"onnxruntime", "openvino"})
 PEAK_BACKENDS = ("eager", "onnxruntime", "openvino")  # float32 GEMM of torch, ONNX Runtime and OpenVINO
 _PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
 CPU = torch.device("cpu")
+_SHARED_ORT_POOL: dict[str, int] = {}  # {"threads": n} once this process's ONNX Runtime sessions share one pool
 
 
 class BenchmarkError(RuntimeError):
@@ -179,15 +180,35 @@ def prepare_onnx(path: Path, backend: str, array: np.ndarray, threads: int, devi
     return lambda: request.infer({0: array}, share_inputs=True)
 
 
+def share_onnxruntime_pool(threads: int) -> None:
+    """Make every later ONNX Runtime session of this process use one intra-op pool of ``threads`` threads.
+
+    A latency worker calls it first: with a pool per session, a session's threads keep spinning after its
+    call and took the cores from the next session's, which then ran 2x slower (RepNeXt-M1 19.5 -> 41 ms
+    right after three other sessions; 20.2 ms with one shared pool). Once set, it holds for the process.
+    """
+    from onnxruntime.capi._pybind_state import set_global_thread_pool_sizes
+
+    if _SHARED_ORT_POOL.get("threads", threads) != threads:
+        raise BenchmarkError(f"ONNX Runtime's shared pool has {_SHARED_ORT_POOL['threads']} threads, not {threads}")
+    if not _SHARED_ORT_POOL:
+        set_global_thread_pool_sizes(threads, 1)
+        _SHARED_ORT_POOL["threads"] = threads
+
+
 def onnx_session(path: str | Path, threads: int, device: torch.device = CPU):
-    """An ONNX Runtime session with full graph optimization and ``threads`` intra-op threads."""
+    """An ONNX Runtime session with full graph optimization and ``threads`` intra-op threads (the process's
+    shared pool after :func:`share_onnxruntime_pool`)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    if _SHARED_ORT_POOL:
+        options.use_per_session_threads = False
+    else:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: ORT warns about every unused initializer otherwise
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
