@@ -5,7 +5,7 @@ A worker is forked from a ``forkserver`` that has only *imported* torch, timm an
 its thread counts (``OMP_NUM_THREADS`` and friends, torch's intra-op threads) before any library
 starts a pool. Forking from the server saves each worker the seconds of importing torch again.
 It holds the prepared configurations of its backend and answers requests from one pipe: ``build``
-(the builder only: models, fvcore MACs, ONNX and pickled models for the other workers, reference
+(the builders only: models, fvcore MACs, ONNX and pickled models for the other workers, reference
 outputs), ``prepare`` (verify against the reference, then keep), ``peak``, ``warmup``, ``block``
 (timed calls), ``throughput``, ``release`` and ``spin`` (a diagnostic CPU burner).
 
