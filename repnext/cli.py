@@ -224,7 +224,9 @@ def cmd_train_experiments(args: argparse.Namespace) -> None:
     try:
         experiments = load_section(args.params, args.section)
         training = load_section(args.params, args.training)
-        commands = train_commands(experiments, training, args.data, args.out, args.checkpoint_root, where=args.params)
+        commands = train_commands(
+            experiments, training, args.data, args.out, args.checkpoint_root, args.params, args.weights_only
+        )
         run_experiments(commands, args.jobs or default_jobs(training), args.out, args.checkpoint_root)
     except (StageError, ExperimentError) as error:
         raise SystemExit(f"repnext train-experiments: {error}") from None
@@ -425,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--data", required=True, help="ImageFolder root or builtin:NAME")
     runs.add_argument("--out", required=True, help="logs go to OUT/NAME/log.txt")
     runs.add_argument("--checkpoint-root", help="checkpoints go to ROOT/NAME/ (default: none are written)")
+    runs.add_argument("--weights-only", action="store_true", help="with --checkpoint-root: each run's best.pth only, "
+                      "without optimizer state (small enough to commit)")  # fmt: skip
     runs.add_argument("--params", default="params.yaml", help="YAML file holding the sections")
     runs.add_argument("--training", default="training", help="section of options shared by every run")
     runs.add_argument("--jobs", type=_positive, help="runs at once (default: CPU cores / training.threads)")

@@ -33,7 +33,8 @@ def _shared_options() -> dict[str, object]:
 
     from .train import TrainConfig
 
-    per_run = {"model", "data", "out", "checkpoint_dir", "model_kwargs", "resume", "checkpoints", "progress"}
+    per_run = {"model", "data", "out", "checkpoint_dir", "model_kwargs", "resume", "checkpoints", "weights_only",
+               "progress"}  # fmt: skip
     default = TrainConfig("", "", "")
     return {f.name: getattr(default, f.name) for f in fields(TrainConfig) if f.name not in per_run}
 
@@ -56,8 +57,10 @@ def train_commands(
     out: str | os.PathLike,
     checkpoint_root: str | os.PathLike | None = None,
     where: str = "params.yaml",
+    weights_only: bool = False,
 ) -> dict[str, list[str]]:
-    """One ``repnext train`` argv per experiment; errors name the parameter (``where: section.NAME.key``)."""
+    """One ``repnext train`` argv per experiment; errors name the parameter (``where: section.NAME.key``).
+    With ``checkpoint_root``, each run writes ``ROOT/NAME/best.pth`` (model only with ``weights_only``)."""
     options, shared = _shared_options(), []
     for key, value in training.items():
         if key not in options:
@@ -74,6 +77,7 @@ def train_commands(
             raise ExperimentError(f"{where}: {name}.{unknown[0]}: unknown key (expected model, model_kwargs)")
         argv = [sys.executable, "-m", "repnext", "train", item["model"], "--data", data, "--out", f"{out}/{name}"]
         argv += ["--checkpoint-dir", f"{checkpoint_root}/{name}"] if checkpoint_root else ["--no-checkpoints"]
+        argv += ["--weights-only"] if checkpoint_root and weights_only else []
         commands[name] = [*argv, *shared, "--no-progress", "--model-kwargs", *str(item.get("model_kwargs", "")).split()]
     return commands
 

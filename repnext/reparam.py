@@ -64,9 +64,17 @@ def same_padding(kernel_size: Sequence[int], dilation: Sequence[int] = (1, 1)) -
     return pads[0], pads[1]
 
 
+def _portable_sqrt(x: Tensor) -> Tensor:
+    """``sqrt(x)`` with the same bits on every CPU: torch's float32 sqrt runs MKL's vector math, whose last bit
+    depends on the instruction set; in float64, rounded once to ``x.dtype``, that bit almost never shows."""
+    if x.dtype == torch.float64 or x.device.type == "mps":  # MPS has no float64
+        return torch.sqrt(x)
+    return torch.sqrt(x.double()).to(x.dtype)
+
+
 def bn_scale_shift(bn: _BatchNorm) -> tuple[Tensor, Tensor]:
     """Per-channel ``scale`` and ``shift`` ([C] each) with ``bn(x) == scale * x + shift`` in eval mode."""
-    std = torch.sqrt(bn.running_var + bn.eps)
+    std = _portable_sqrt(bn.running_var + bn.eps)
     weight = bn.weight if bn.affine else torch.ones_like(std)
     bias = bn.bias if bn.affine else torch.zeros_like(std)
     scale = weight / std

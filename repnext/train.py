@@ -13,7 +13,9 @@ Outputs, written atomically after every epoch (by rank 0):
   ``n_parameters``.
 * ``checkpoint.pth`` (last epoch) and ``best.pth`` (best ``test_acc1``) in ``--checkpoint-dir``
   (default ``DIR``): upstream's ``{'model', 'optimizer', 'lr_scheduler', 'epoch', 'args'}`` plus
-  ``'max_accuracy'``, ``'class_names'`` (index -> folder name) and, with AMP, ``'scaler'``. ``args``
+  ``'max_accuracy'``, ``'class_names'`` (index -> folder name) and, with AMP, ``'scaler'``. With
+  ``--weights-only``, ``best.pth`` alone, without the optimizer, scheduler and scaler states (a third
+  of the size, small enough to commit; such a run cannot be resumed). ``args``
   is a plain dict, so the files load with ``weights_only=True`` and through
   ``timm.create_model(name, pretrained=True, num_classes=K, pretrained_cfg_overlay=dict(file=PATH,
   num_classes=K))`` (the overlay's ``num_classes`` keeps timm from dropping a head of K != 1000 classes).
@@ -110,6 +112,7 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)
     checkpoint_dir: str | None = None
     checkpoints: bool = True  # False: log.txt only (runs whose weights nothing uses; no --resume)
+    weights_only: bool = False  # True: best.pth without optimizer state, no checkpoint.pth (no --resume)
     resume: str | None = None
     seed: int = 0
     workers: int = 0
@@ -197,6 +200,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="checkpoints",
         action="store_false",
         help="write log.txt only: no checkpoint.pth or best.pth (the run cannot be resumed)",
+    )
+    parser.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="write best.pth only, without optimizer and scheduler state (small enough to commit; no --resume)",
     )
     add_progress_arguments(parser)
 
@@ -338,10 +346,19 @@ def _save(path: Path, state: dict) -> None:
         torch.save(state, file)  # a file object, so the archive's inner folder is not named after the temp file
 
 
-def _save_epoch(log: Path, rows: Sequence[dict], checkpoint_dir: Path | None, checkpoint: dict, best: bool) -> None:
+_RESUME_STATE = ("optimizer", "lr_scheduler", "scaler")
+
+
+def _save_epoch(
+    log: Path, rows: Sequence[dict], checkpoint_dir: Path | None, checkpoint: dict, best: bool, weights_only: bool
+) -> None:
     """Log first, checkpoint last: a crash in between makes ``--resume`` redo this epoch, never skip it."""
     _write_log(log, rows)
     if checkpoint_dir is None:
+        return
+    if weights_only:
+        if best:
+            _save(checkpoint_dir / "best.pth", {k: v for k, v in checkpoint.items() if k not in _RESUME_STATE})
         return
     if best:
         _save(checkpoint_dir / "best.pth", checkpoint)
@@ -467,6 +484,7 @@ def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:
             if main_process:
                 hint = f"resume with --resume {checkpoint_dir / 'checkpoint.pth'}" if epoch else "no epoch completed"
                 hint = hint if config.checkpoints else "no checkpoints were written (--no-checkpoints)"
+                hint = "no resumable checkpoint was written (--weights-only)" if config.weights_only else hint
                 print(f"repnext train: interrupted in epoch {epoch}; {hint}", file=sys.stderr)
             raise
         values = (stats["lr"], stats["loss"], test["loss"], test["acc1"], test["acc5"], epoch, n_parameters)
@@ -485,7 +503,8 @@ def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:
             }
             if scaler is not None:
                 checkpoint["scaler"] = scaler.state_dict()
-            _save_epoch(out / "log.txt", rows, checkpoint_dir if config.checkpoints else None, checkpoint, best)
+            saved_to = checkpoint_dir if config.checkpoints else None
+            _save_epoch(out / "log.txt", rows, saved_to, checkpoint, best, config.weights_only)
             print(
                 f"{desc}: train_loss {stats['loss']:.4f}  test_loss {test['loss']:.4f}  "
                 f"test_acc1 {test['acc1']:.2f}  test_acc5 {test['acc5']:.2f}  max {max_accuracy:.2f}",

@@ -19,6 +19,32 @@ def one_thread_kernels(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
+# A float32 forward pass whose bits change on the simulated CPU below: proof that the simulation is real.
+FLOAT32_PROBE = """import hashlib, timm, torch, repnext
+torch.manual_seed(0)
+model = timm.create_model("repnext_m0", num_classes=8).eval()
+print(hashlib.sha256(model(torch.randn(1, 3, 64, 64)).detach().numpy().tobytes()).hexdigest())"""
+
+
+@pytest.fixture(scope="session")
+def other_cpu_env() -> dict[str, str]:
+    """The environment of a subprocess that computes as a CPU without this one's vector units would (ATen's scalar
+    kernels, oneDNN, MKL and numpy capped at SSE4, two threads); skips where that changes no float32 result."""
+    import subprocess
+    import sys
+
+    from numpy._core._multiarray_umath import __cpu_dispatch__
+
+    other = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+             "NPY_DISABLE_CPU_FEATURES": " ".join(__cpu_dispatch__), "OMP_NUM_THREADS": "2"}  # fmt: skip
+    native = {**os.environ, "OMP_NUM_THREADS": "1"}
+    probes = [subprocess.run([sys.executable, "-c", FLOAT32_PROBE], env=env, capture_output=True, text=True,
+                             check=True).stdout for env in (native, {**native, **other})]  # fmt: skip
+    if probes[0] == probes[1]:
+        pytest.skip("capping this CPU's vector units changes no float32 result here: no other CPU to simulate")
+    return other
+
+
 def pytest_addoption(parser):
     help_text = "write the digests of each reduced pipeline stage's outputs to tests/data/stage_outputs/"
     parser.addoption("--record-stage-outputs", action="store_true", help=help_text)

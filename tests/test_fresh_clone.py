@@ -60,3 +60,40 @@ def test_a_fresh_clone_rebuilds_an_edited_stage_through_dvc(tmp_path):
     # ... and nothing else changed: every committed output is byte-identical, no file appeared or vanished.
     changed = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True)
     assert sorted(changed.stdout.splitlines()) == [" M dvc.lock", " M params.yaml"], changed.stdout
+
+
+def _cached_stages() -> dict:
+    """Stages with an output in DVC's cache only: a fresh clone has to rebuild them (name -> dvc's stage)."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        return {stage.addressing: stage for stage in repo.index.stages if any(out.use_cache for out in stage.outs)}
+
+
+def test_the_stages_a_fresh_clone_rebuilds_are_the_ones_made_portable():
+    """Every other output is committed. These two use no float32 result: the dataset crops photos with a seeded
+    generator; publishing reads the committed weights, folds BatchNorms (elementwise) and writes files."""
+    assert sorted(_cached_stages()) == ["dataset", "publish"]
+
+
+@pytest.mark.parametrize("name", ["dataset", "publish"])
+def test_a_stage_a_fresh_clone_rebuilds_writes_the_same_bytes_on_another_cpu(name, tmp_path, other_cpu_env):
+    stage = _cached_stages()[name]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    outputs = []
+    for run, run_env in (("native", env), ("other_cpu", {**env, **other_cpu_env})):
+        workdir = tmp_path / run
+        for dep in stage.deps:  # the stage's data inputs, as a fresh clone has them; code runs from this checkout
+            source = ROOT / str(dep.def_path)
+            if source.is_file() and not str(dep.def_path).startswith("repnext/"):
+                (workdir / dep.def_path).parent.mkdir(parents=True, exist_ok=True)
+                (workdir / dep.def_path).write_bytes(source.read_bytes())
+        workdir.mkdir(exist_ok=True)
+        done = subprocess.run(stage.cmd, shell=True, cwd=workdir, env=run_env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        outputs.append({p.relative_to(workdir): p.read_bytes() for out in stage.outs
+                        for p in [workdir / str(out.def_path), *(workdir / str(out.def_path)).rglob("*")]
+                        if p.is_file()})  # fmt: skip
+    assert outputs[0] and outputs[0].keys() == outputs[1].keys()
+    assert [path for path in outputs[0] if outputs[0][path] != outputs[1][path]] == []

@@ -233,6 +233,7 @@ def test_training_stages_list_every_run_of_their_section():
         outs = set(_outputs(ALL_STAGES[stage]))
         logs = {f"logs/photos/{name}/log.txt" for name in PARAMS[section]}
         kept = stage == "train_weights"
-        checkpoints = {f"artifacts/checkpoints/{name}" for name in PARAMS[section]} if kept else set()
+        checkpoints = {f"artifacts/checkpoints/{name}/best.pth" for name in PARAMS[section]} if kept else set()
         assert outs == logs | checkpoints, (stage, sorted(outs ^ (logs | checkpoints)))
         assert ALL_STAGES[stage]["params"] == ["training", section] and f" {section} " in ALL_STAGES[stage]["cmd"]
+        assert ("--weights-only" in ALL_STAGES[stage]["cmd"]) == kept  # small enough to commit

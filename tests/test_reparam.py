@@ -158,3 +158,36 @@ def test_absorb_activated_shortcut():
     )
     assert close(chain(x), expected)
     assert new_dw[0].shape == (2 * channels, 1, 5, 5) and new_pw1[0].shape == (channels + hidden, 2 * channels, 1, 1)
+
+
+# Fuses each saved training-form model in float32 and prints the fused weights' digest, one line per model.
+FUSE_SAVED = """import hashlib, sys, timm, torch, repnext
+states = torch.load(sys.argv[1])
+for name, state in states.items():
+    model = timm.create_model(name, num_classes=10).eval()
+    model.load_state_dict(state)
+    fused = repnext.reparameterize(model).state_dict()
+    print(name, hashlib.sha256(b"".join(t.numpy().tobytes() for t in fused.values())).hexdigest())"""
+
+
+def test_fused_weights_have_the_same_bits_on_another_cpu(tmp_path, other_cpu_env):
+    """Fusion is elementwise arithmetic and a few small sums, so the fused float32 weights a fresh clone publishes
+    must not depend on the CPU (torch's float32 sqrt did: MKL's vector math rounds its last bit by instruction set)."""
+    import os
+    import subprocess
+    import sys
+
+    import timm
+
+    import repnext  # noqa: F401  registers the variants
+
+    states = {}
+    for name in ("repnext_m0", "recnext_m0", "recnext_a0", "recnext_t", "repnext_u3_tiny"):  # every mixer family
+        model = randomize_batchnorm(timm.create_model(name, num_classes=10).eval())
+        states[name] = {key: value.float() for key, value in model.state_dict().items()}
+    torch.save(states, tmp_path / "states.pt")
+    native = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", FUSE_SAVED, str(tmp_path / "states.pt")]
+    digests = [subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+               for env in (native, {**native, **other_cpu_env})]  # fmt: skip
+    assert len(digests[0].splitlines()) == len(states) and digests[0] == digests[1]

@@ -134,6 +134,6 @@ def test_the_report_stage_depends_on_every_output_it_shows():
         for entry in body.get("outs", []) + body.get("metrics", []):
             path, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
             if name == "report" or options.get("cache", True):
-                continue  # the report itself; the dataset and checkpoints live in DVC's cache, not on the page
+                continue  # the report itself; the dataset and the published folder live in DVC's cache, not on the page
             path = path.replace("${item.output_dir}", "figures/feature_maps")
             assert any(path == dep or path.startswith(dep + "/") for dep in deps), (name, path)

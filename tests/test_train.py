@@ -120,6 +120,12 @@ def test_seeded_runs_are_identical_and_the_seed_matters(folder, reference, tmp_p
     train(_config(folder, tmp_path / "log_only", checkpoints=False))
     assert [p.name for p in (tmp_path / "log_only").iterdir()] == ["log.txt"]
     assert (tmp_path / "log_only" / "log.txt").read_bytes() == (out / "log.txt").read_bytes()
+    train(_config(folder, tmp_path / "weights_only", weights_only=True))
+    assert sorted(p.name for p in (tmp_path / "weights_only").iterdir()) == ["best.pth", "log.txt"]
+    assert (tmp_path / "weights_only" / "log.txt").read_bytes() == (out / "log.txt").read_bytes()
+    small, full = _state(tmp_path / "weights_only" / "best.pth"), _state(out / "best.pth")
+    assert small.keys() == full.keys() - {"optimizer", "lr_scheduler"} and small["epoch"] == full["epoch"]
+    _assert_same_weights(small["model"], full["model"])
     other = train(_config(folder, tmp_path / "seed1", seed=1, epochs=1))
     assert other[0]["train_loss"] != json.loads((out / "log.txt").read_text().splitlines()[0])["train_loss"]
 
@@ -287,6 +293,9 @@ def test_training_switches_become_flags_only_when_they_change_the_default():
     argv = train_commands(one, {"epochs": 2, "channels_last": True, "amp": True}, "d", "o")["x"]
     assert argv[argv.index("--epochs") + 1] == "2" and "--channels-last" in argv and "--no-amp" not in argv
     assert "--no-amp" in train_commands(one, {"amp": False}, "d", "o")["x"]
+    with_weights = train_commands(one, {}, "d", "o", "ckpt", weights_only=True)["x"]
+    assert with_weights[with_weights.index("--checkpoint-dir") + 1] == "ckpt/x" and "--weights-only" in with_weights
+    assert "--weights-only" not in train_commands(one, {}, "d", "o", weights_only=True)["x"]  # no checkpoints at all
     with pytest.raises(ExperimentError, match=r"^params\.yaml: training\.channels_last: expected true or false, got 1"):
         train_commands(one, {"channels_last": 1}, "d", "o")
     with pytest.raises(ExperimentError, match=r"training\.progress: not an option of repnext train"):
