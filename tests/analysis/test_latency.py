@@ -169,6 +169,14 @@ def test_backends_are_verified_before_they_are_timed(backend, built):
     assert "m/fused/y" not in session.calls
 
 
+def test_a_block_refills_the_caches_with_one_untimed_call_per_key(tmp_path):
+    """After a switch the caches hold another worker's data: each key's first call in a block is not timed."""
+    session, made = Session("eager", 1, torch.device("cpu"), tmp_path), []
+    session.calls.update(a=lambda: made.append("a"), b=lambda: made.append("b"))
+    times = session.block([("a", 3), ("b", 1)])
+    assert made == ["a"] * 4 + ["b"] * 2 and [len(times["a"]), len(times["b"])] == [3, 1]
+
+
 def test_compile_backend_runs_a_module_as_eager_does():
     if COMPILE:
         pytest.skip(COMPILE)

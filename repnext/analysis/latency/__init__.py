@@ -24,10 +24,11 @@ Protocol (:func:`benchmark`).
    other backend's idle thread pool (ONNX Runtime's and OpenMP's spin after a call) takes the cores;
    the CPU time the stopped workers used meanwhile is read from ``/proc`` and reported (zero).
 4. **Blocks in rotating order.** After an isolated warm-up, each round lets every backend run one
-   block (each configuration ``calls`` times in a row, ``calls`` sized so that a block lasts about
-   ``block_ms``), backends and configurations in an order rotated every round, so drift of the
-   machine hits all alike. Latency is the median over all timed calls, the spread their inter-quartile
-   range; after ``min_rounds`` a configuration whose IQR is within ``spread_target`` of its median stops.
+   block (each configuration once untimed, to refill the caches another worker's model held, then
+   ``calls`` times in a row, ``calls`` sized so that a block lasts about ``block_ms``), backends and
+   configurations in an order rotated every round, so drift of the machine hits all alike. Latency is
+   the median over all timed calls, the spread their inter-quartile range; after ``min_rounds`` a
+   configuration whose IQR is within ``spread_target`` of its median stops.
 5. **The reference is the measured peak**: the best float32 GEMM rate (``gemm_size^3``, one call at
    a time, same threads) of torch, ONNX Runtime and OpenVINO where installed, timed the same way;
    every row gives its achieved fvcore MAC rate as a fraction of it. A large copy gives the memory
