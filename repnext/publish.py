@@ -284,6 +284,8 @@ def publish(
         save_for_hf(model, os.fspath(staging / "hf"), model_config=model_config, model_args=kwargs or None,
                     safe_serialization=True)  # fmt: skip
         write_text(staging / "hf" / "README.md", model_card(model_name, model, numbers, files))
+        for path in staging.rglob("*"):  # safetensors writes its file 0600; a release is readable like the rest
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
         replace_dir(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -54,6 +54,9 @@ def test_publish_writes_upstreams_files_and_a_hub_folder_timm_reloads(run, tmp_p
         f"{stem}.txt",
         f"{stem}_fused.pt",
     ]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in written} == {0o666 & ~umask}  # readable as any file the user writes
     saved = torch.load(out / f"{stem}.pth", weights_only=True)
     assert list(saved) == ["model"] and all(torch.equal(saved["model"][k], v) for k, v in model.state_dict().items())
     assert (out / f"{stem}.txt").read_bytes() == (root / "log.txt").read_bytes()
