@@ -13,12 +13,14 @@ __all__ = ["Distributed", "runtime", "setup_distributed", "shard"]
 
 
 @contextlib.contextmanager
-def runtime(threads: int | None, deterministic: bool) -> Iterator[None]:
-    """Set torch's thread count and deterministic mode for the run; restore both afterwards."""
+def runtime(threads: int | None, deterministic: bool | None = None) -> Iterator[None]:
+    """Set torch's thread count and deterministic mode (``None``: leave each as it is) inside the block;
+    restore both afterwards."""
     old_threads, old_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if threads:
         torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+    if deterministic is not None:
+        torch.use_deterministic_algorithms(deterministic)
     try:
         yield
     finally:

@@ -265,7 +265,6 @@ def publish(
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     umask = os.umask(0)
     os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a published folder is as readable as any
     try:
         torch.save({"model": model.state_dict()}, staging / f"{stem}.pth")
         files = {"safetensors": "model.safetensors"}
@@ -284,7 +283,7 @@ def publish(
         save_for_hf(model, os.fspath(staging / "hf"), model_config=model_config, model_args=kwargs or None,
                     safe_serialization=True)  # fmt: skip
         write_text(staging / "hf" / "README.md", model_card(model_name, model, numbers, files))
-        for path in staging.rglob("*"):  # safetensors writes its file 0600; a release is readable like the rest
+        for path in [staging, *staging.rglob("*")]:  # mkdtemp makes 0700, safetensors 0600: readable like any file
             path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
         replace_dir(staging, output)
     except BaseException:

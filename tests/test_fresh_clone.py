@@ -1,5 +1,6 @@
 """The newcomer path: clone the repository, edit one params.yaml section, rebuild that stage through DVC."""
 
+import functools
 import json
 import os
 import re
@@ -62,6 +63,7 @@ def test_a_fresh_clone_rebuilds_an_edited_stage_through_dvc(tmp_path):
     assert sorted(changed.stdout.splitlines()) == [" M dvc.lock", " M params.yaml"], changed.stdout
 
 
+@functools.cache
 def _cached_stages() -> dict:
     """Stages with an output in DVC's cache only: a fresh clone has to rebuild them (name -> dvc's stage)."""
     from dvc.repo import Repo

@@ -6,16 +6,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from repnext import reparam
+from repnext.distributed import runtime
 
 
 @pytest.fixture(autouse=True)
 def _float64_one_thread():
-    threads = torch.get_num_threads()
     torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)  # tiny tensors: extra threads only wait for each other on a busy machine
-    yield
+    with runtime(1):  # tiny tensors: extra threads only wait for each other on a busy machine
+        yield
     torch.set_default_dtype(torch.float32)
-    torch.set_num_threads(threads)
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:

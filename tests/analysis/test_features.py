@@ -23,6 +23,7 @@ from repnext.analysis.features import (
     panel_figure,
     write_feature_maps,
 )
+from repnext.distributed import runtime
 
 ROOT = Path(__file__).parents[2]
 NOTEBOOK = ROOT / "notebooks" / "feature_maps.ipynb"
@@ -40,10 +41,8 @@ FAMILIES = [
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Batch-1 tensors of 64x64 and smaller: a second thread only adds waiting, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with runtime(1):
+        yield
 
 
 def _block_input_by_hand(model, image, stage, block):

@@ -17,6 +17,7 @@ from repnext.analysis.tutorial import (
     latency_table,
     timed_block,
 )
+from repnext.distributed import runtime
 from repnext.models.recnext import RecConv2d
 from repnext.models.repnext import RepNeXt
 from repnext.models.repnext_u import RepNeXtU
@@ -26,10 +27,8 @@ SHAPE = (2, 4, 6, 7)
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: extra threads only wait for each other on a busy machine
-    yield
-    torch.set_num_threads(threads)
+    with runtime(1):  # tiny tensors: extra threads only wait for each other on a busy machine
+        yield
 
 
 def fuse_conv_bn(m):

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ...distributed import runtime
 from ...errors import one_line
 from .backends import (
     TORCH_BACKENDS,
@@ -74,7 +74,7 @@ class Session:
 
         x = self._input(resolution)
         nets: dict[str, torch.nn.Module] = {}
-        with _one_thread():
+        with runtime(threads=1):  # one thread: see above
             for form in ("unfused", "fused") if "unfused" in forms else ("fused",):
                 if form == "fused" and "unfused" in nets and weights is None:  # fused from the built model
                     nets[form] = fuse_model(nets["unfused"])
@@ -192,14 +192,3 @@ class Session:
 
     def pid(self) -> int:
         return os.getpid()
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch's intra-op pool at one thread inside the block, back to its size after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
