@@ -13,10 +13,13 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The library declares ranges (pyproject.toml); the pipeline installs exactly the versions of requirements.lock.
+INSTALL := -c requirements.lock -e '.[pipeline,export,dev]'
+
+$(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required, found " + sys.version.split()[0])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[pipeline,export,dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q $(INSTALL)
 	touch $@
 
 REPORT := artifacts/report.html

@@ -1,24 +1,71 @@
 """The two set-up paths agree, and CI runs exactly the README's test command."""
 
 import re
+import shlex
 import tomllib
 from pathlib import Path
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).parents[1]
 
 
-def test_environment_yml_pins_the_same_packages_as_pyproject():
+def _requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_packages = set(project["dependencies"])
-    for extra in project["optional-dependencies"].values():
-        pip_packages |= set(extra)
+    extras = [req for extra in project["optional-dependencies"].values() for req in extra]
+    return [Requirement(line) for line in project["dependencies"] + extras]
+
+
+def _lock() -> dict[str, str]:
+    lines = (ROOT / "requirements.lock").read_text().splitlines()
+    pins = [line.partition("==") for line in lines if line and not line.startswith("#")]
+    assert all(sep for _, sep, _ in pins), "every line of requirements.lock is name==version"
+    return {canonicalize_name(name): version for name, _, version in pins}
+
+
+def _makefile_install() -> list[str]:
+    line = next(line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith("INSTALL :="))
+    return shlex.split(line.partition(":=")[2])
+
+
+def test_library_dependencies_are_ranges_that_the_lock_satisfies():
+    lock = _lock()
+    for requirement in _requirements():
+        version = lock.get(canonicalize_name(requirement.name))
+        assert version is not None, f"requirements.lock has no {requirement.name}"
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"{requirement.name}=={version} not in {requirement}"
+        )
+    ranges = {canonicalize_name(r.name): r for r in _requirements()}
+    for name in ("torch", "torchvision", "timm", "numpy", "pandas", "matplotlib"):  # a user's own stays installed
+        assert not any(spec.operator in ("==", "===", "~=") for spec in ranges[name].specifier), ranges[name]
+    assert {"torch": "2.14.1", "torchvision": "0.29.1"}.items() <= lock.items()  # the releases on this machine's disk
+
+
+def test_environment_yml_installs_what_make_setup_installs():
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
-    assert set(pip_section) - {"-e ."} == pip_packages
+    assert [arg for line in pip_section for arg in shlex.split(line)] == _makefile_install()
+    assert "-c" in _makefile_install() and "requirements.lock" in _makefile_install()
     assert "python=3.11" in environment["dependencies"]
-    assert {"torch==2.14.1", "torchvision==0.29.1"} <= pip_packages
+
+
+def test_the_repository_url_is_defined_once():
+    """The Colab notebook installs from, and README and notebook badges point at, ``[project.urls].Repository``."""
+    url = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    github = url.removeprefix("https://github.com/")
+    notebook = (ROOT / "notebooks" / "feature_maps.ipynb").read_text()
+    assert f"git+{url}" in notebook
+    for text in (notebook, (ROOT / "README.md").read_text()):
+        badges = re.findall(r"colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/", text)
+        assert badges and set(badges) == {github}
+    everywhere = [
+        p for p in ROOT.glob("**/*") if p.suffix in (".md", ".ipynb", ".py", ".toml") and ".venv" not in p.parts
+    ]
+    others = {m for p in everywhere for m in re.findall(r"github\.com/(repnext-suite/[\w.-]+)", p.read_text())}
+    assert others <= {github, f"{github}.git"}
 
 
 def test_ci_runs_the_readme_test_command():

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import ScalarFormatter
 
+from ..plotting import place_labels
 from ..tables import Table
 from .latency.bench import NOTHING_TO_FUSE
 from .stats import published_results
@@ -130,8 +131,12 @@ def measured_accuracy_latency(summary: pd.DataFrame) -> Table:
     )
 
 
-def _draw(ax, frame: pd.DataFrame, x: str, label_points: bool) -> None:
-    """One line per family and distillation setting: solid with distillation, dashed without."""
+def _draw(ax, frame: pd.DataFrame, x: str, label_points: bool) -> tuple[list, list, list, list]:
+    """One line per family and distillation setting: solid with distillation, dashed without.
+
+    Returns the points to label (x, y, label, colour), for :func:`place_labels` once the axes are final.
+    """
+    points: tuple[list, list, list, list] = ([], [], [], [])
     families = sorted(frame.family.unique(), key=lambda f: (f in _OURS, f))
     for family in families:
         colour, marker = _STYLE.get(family, ("#7f7f7f", "o"))
@@ -145,8 +150,9 @@ def _draw(ax, frame: pd.DataFrame, x: str, label_points: bool) -> None:
             label = None
             if label_points and distillation and family in _OURS:  # peers stay unlabelled: legible in print
                 for point in part.itertuples():
-                    ax.annotate(point.variant, (getattr(point, x), point.top1), fontsize=6, xytext=(3, -8),
-                                textcoords="offset points", color=colour)  # fmt: skip
+                    spec = (getattr(point, x), point.top1, point.variant, colour)
+                    for values, value in zip(points, spec, strict=True):
+                        values.append(value)
     ax.set_ylabel("ImageNet-1K top-1 (%)")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
@@ -154,20 +160,21 @@ def _draw(ax, frame: pd.DataFrame, x: str, label_points: bool) -> None:
     first = ax.legend(list(unique.values()), list(unique), loc="lower right", fontsize=7, ncols=2)
     ax.add_artist(first)
     ax.legend(styles, ["with distillation", "without distillation"], loc="upper left", fontsize=7)
+    return points
 
 
 def plot_published(peers: pd.DataFrame, recnext: pd.DataFrame) -> Figure:
     """The papers' top-1 vs latency figures from published numbers: RepNeXt and peers on iPhone 12
     (left), RecNeXt M and A on iPhone 13 (right)."""
-    fig = Figure(figsize=(10, 4.2))
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
     left, right = fig.subplots(1, 2)
     _draw(left, peers, "latency_ms", label_points=False)
     left.set_xlabel(f"latency (ms), {peers.device.iloc[0]}")
     left.set_title("RepNeXt and peers (published)")
-    _draw(right, recnext, "latency_ms", label_points=True)
+    labels = _draw(right, recnext, "latency_ms", label_points=True)
     right.set_xlabel(f"latency (ms), {recnext.device.iloc[0]}")
     right.set_title("RecNeXt (published)")
-    fig.tight_layout()
+    place_labels(right, *labels[:3], colors=labels[3])
     return fig
 
 
@@ -176,16 +183,16 @@ def plot_measured(measured: pd.DataFrame, device: str) -> Figure:
     frame = measured.rename(columns={"latency_ms": "latency"}).assign(
         variant=lambda f: f.model.str.replace(r"^[a-z0-9]+_", "", regex=True)
     )
-    fig = Figure(figsize=(6.5, 4.6))
+    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
     ax = fig.subplots()
-    _draw(ax, frame, "latency", label_points=True)
+    labels = _draw(ax, frame, "latency", label_points=True)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel(f"batch-1 latency (ms, log scale), fastest fused backend, {device}")
     ax.set_title("Published top-1 against latency measured here")
-    fig.tight_layout()
+    place_labels(ax, *labels[:3], colors=labels[3])
     return fig
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import textwrap
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -54,7 +55,6 @@ from ..weights import Weights, WeightsError, is_url, load_weights
 
 __all__ = [
     "DEFAULT_IMAGE",
-    "REPOSITORY_URL",
     "BranchCapture",
     "FeatureMaps",
     "ImageError",
@@ -76,8 +76,6 @@ __all__ = [
     "write_feature_maps",
 ]
 
-# The one place the repository's public address lives (Colab badge and install cell of the notebook).
-REPOSITORY_URL = "https://github.com/repnext-suite/repnext"
 # A photograph shipped with scikit-image (a cat, as in upstream's demo), so no network is needed.
 DEFAULT_IMAGE = "skimage:chelsea"
 CMAP = "gray"
@@ -513,6 +511,9 @@ def select_branches(capture: BranchCapture, branches: Sequence[str] | None = Non
     return [name for name in capture.branches if name in branches]
 
 
+_TITLE_CHARS = 24
+
+
 def _map_axes(ax, values: np.ndarray, title: str | None = None) -> None:
     ax.imshow(values, cmap=CMAP, interpolation="nearest")
     ax.axis("off")
@@ -529,17 +530,26 @@ def branch_figure(values: Tensor) -> Figure:
     return fig
 
 
+def _wrap(title: str, width: int = _TITLE_CHARS) -> str:
+    """``title`` broken at spaces into lines of at most ``width`` characters (a panel is about that wide)."""
+    return "\n".join(textwrap.wrap(title, width, break_long_words=False)) or title
+
+
 def panel_figure(maps: FeatureMaps, branches: Sequence[str] | None = None) -> Figure:
     """The input crop, the channel mean of each branch and of the fused mixer's output, in one row."""
     capture = maps.capture
     names = select_branches(capture, branches)
-    fig = Figure(figsize=(1.6 * (len(names) + 2), 2.3), layout="constrained")
-    axes = fig.subplots(1, len(names) + 2)
-    _map_axes(axes[0], maps.pixels, f"input {maps.pixels.shape[0]}x{maps.pixels.shape[1]}")
-    for ax, name in zip(axes[1:-1], names, strict=True):
-        shape = "x".join(map(str, capture.branches[name].shape[1:]))
-        _map_axes(ax, channel_mean(capture.branches[name]).numpy(), f"{name} ({capture.labels[name]})\n{shape}")
-    _map_axes(axes[-1], channel_mean(capture.fused_output).numpy(), f"fused\n{capture.fused_form}")
+    shapes = {name: "x".join(map(str, capture.branches[name].shape[1:])) for name in names}
+    titles = [f"input {maps.pixels.shape[0]}x{maps.pixels.shape[1]}"]
+    titles += [_wrap(f"{name} ({capture.labels[name]})") + f"\n{shapes[name]}" for name in names]
+    titles += ["fused\n" + _wrap(capture.fused_form)]
+    longest = max(len(line) for title in titles for line in title.splitlines())
+    fig = Figure(figsize=(max(1.6, 0.06 * longest + 0.2) * len(titles), 2.5), layout="constrained")
+    axes = fig.subplots(1, len(titles))
+    outputs = [capture.branches[name] for name in names] + [capture.fused_output]
+    images = [maps.pixels] + [channel_mean(output).numpy() for output in outputs]
+    for ax, image, title in zip(axes, images, titles, strict=True):
+        _map_axes(ax, image, title)
     fig.suptitle(
         f"{maps.model} stage {capture.stage} block {capture.block} ({capture.mixer}), {maps.weights.description}\n"
         f"max |{capture.combine} of branches - mixer output| = {capture.branch_error:.1e}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -13,6 +14,8 @@ from .logs import RunLog
 
 _LABELS = {"top1": "top-1 (%)", "bbox_mAP": "box AP", "segm_mAP": "mask AP", "mIoU": "mIoU (%)"}
 _STYLES = ("-", "--", ":", "-.")
+_LEGEND_COLUMNS = 3
+_PANEL_CHARS = 70  # legend characters at 8 pt across one 4.6-inch panel
 
 
 @dataclass(frozen=True)
@@ -24,32 +27,56 @@ class Panel:
     metric: str = "top1"
 
 
-def plot_panels(panels: Sequence[Panel], ncols: int = 2, label: Mapping[str, str] | None = None) -> Figure:
-    """A grid of :class:`Panel` (``ncols`` wide), one line per run named by ``label[run.name]`` or its name.
+def short_labels(names: Sequence[str]) -> dict[str, str]:
+    """Each name without the ``_``-separated words that all ``names`` share: ``repnext_m0_distill_300e`` -> ``m0``."""
+    words = [name.split("_") for name in names]
+    shared = set.intersection(*map(set, words)) if len(names) > 1 else set()
+    return {
+        name: "_".join(w for w in split if w not in shared) or name for name, split in zip(names, words, strict=True)
+    }
 
-    Runs are drawn in name order; colors cycle through ten, then line styles change, so every line stays distinct.
-    ``ValueError`` if a panel has no run logging its metric.
+
+def _fitted_ylim(curves: Sequence[pd.DataFrame], step: str, metric: str, warmup: float) -> tuple[float, float]:
+    """A y-range for the curves after the first ``warmup`` share of their steps, where the runs differ."""
+    last = max(float(curve[step].max()) for curve in curves)
+    values = pd.concat([curve.loc[curve[step] >= warmup * last, metric] for curve in curves])
+    low, high = float(values.min()), float(values.max())
+    pad = 0.05 * (high - low or abs(high) or 1.0)
+    return low - pad, high + pad
+
+
+def plot_panels(
+    panels: Sequence[Panel], ncols: int = 2, label: Mapping[str, str] | None = None, warmup: float = 0.1
+) -> Figure:
+    """A grid of :class:`Panel` (``ncols`` wide), one line per run named by ``label[run.name]``, or by the words
+    of its name that the panel's other runs do not share (the title says the rest).
+
+    The y-axis fits the curves after the first ``warmup`` share of the steps, where the runs differ (the steep
+    first epochs leave through the bottom). Runs are drawn in name order; colors cycle through ten, then line
+    styles change, so every line stays distinct. ``ValueError`` if a panel has no run logging its metric.
     """
     if not panels:
         raise ValueError("no panels to plot")
     nrows = -(-len(panels) // ncols)
-    entries = max(len(panel.runs) for panel in panels)  # each legend goes under its panel, one run per line
-    fig = Figure(figsize=(4.2 * ncols, (3.0 + 0.1 * entries) * nrows), layout="constrained")
+    legend_rows = max(len(panel.runs) for panel in panels) // 2 + 1  # enough room for two columns
+    fig = Figure(figsize=(4.6 * ncols, (3.0 + 0.16 * legend_rows) * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, panel in zip(axes, panels, strict=False):
         runs = sorted((r for r in panel.runs if panel.metric in r.records.columns), key=lambda r: r.name)
         if not runs:
             raise ValueError(f"panel {panel.title!r}: no run logs {panel.metric!r}")
-        for number, run in enumerate(runs):
-            data = run.records[[run.step, panel.metric]].dropna()
-            name = (label or {}).get(run.name, run.name)
+        names = {**short_labels([run.name for run in runs]), **(label or {})}
+        curves = [run.records[[run.step, panel.metric]].dropna() for run in runs]
+        for number, (run, data) in enumerate(zip(runs, curves, strict=True)):
             style = _STYLES[number // 10 % len(_STYLES)]
-            ax.plot(
-                data[run.step], data[panel.metric], linewidth=1.0, color=f"C{number % 10}", linestyle=style, label=name
-            )
+            ax.plot(data[run.step], data[panel.metric], linewidth=1.0, color=f"C{number % 10}", linestyle=style,
+                    label=names.get(run.name, run.name))  # fmt: skip
         ax.set(title=panel.title, xlabel=runs[0].step, ylabel=_LABELS.get(panel.metric, panel.metric))
+        ax.set_ylim(*_fitted_ylim(curves, runs[0].step, panel.metric, warmup))
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
-        ax.legend(fontsize=5.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+        longest = max(len(name) for name in names.values())
+        columns = max(1, min(_LEGEND_COLUMNS, len(runs), _PANEL_CHARS // (longest + 6)))  # stays under its panel
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=columns)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return fig
@@ -74,5 +101,5 @@ def plot_top1_vs_epochs(table: Table, panel: str = "dataset", titles: Mapping[st
             )
             ax.plot(*zip(*points, strict=True), marker="o", markersize=3, color=f"C{number}", label=model)
         ax.set(title=(titles or {}).get(level, str(level)), xlabel="training epochs", ylabel="best top-1 (%)")
-        ax.legend(fontsize=7)
+        ax.legend()
     return fig

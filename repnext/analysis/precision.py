@@ -99,7 +99,7 @@ def precision_figure(table: Table):
     use_style()
     rows = table.sorted_rows()
     dtypes = sorted({r["dtype"] for r in rows})
-    fig = Figure(figsize=(4.2 * len(dtypes), 3.2))
+    fig = Figure(figsize=(4.6 * len(dtypes), 4.2), layout="constrained")
     for i, dtype in enumerate(dtypes):
         ax = fig.add_subplot(1, len(dtypes), i + 1)
         lines = sorted({(r["model"], r["form"], r["device"]) for r in rows if r["dtype"] == dtype})
@@ -113,6 +113,5 @@ def precision_figure(table: Table):
         ax.set_yscale("log")
         ax.set_title(f"{dtype} vs float32")
         ax.set_ylabel("relative L2 error")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncols=2)  # below: the curves fill the axes
     return fig

@@ -17,10 +17,13 @@ import warnings
 from importlib import resources
 
 import torch
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.metanext import Downsample, MetaNeXtBlock
+from ..plotting import place_labels
 from ..progress import bar
 from ..registry import check_model_name, create_model, models_by_family
 from ..reparam import has_single_branch_form, reparameterize
@@ -200,3 +203,63 @@ def model_stats(
         published_macs_g=".1f",
     )
     return Table(list(COLUMNS), rows, floats=floats, sort_by=("family", "model", "form"))
+
+
+# Colour and label prefix per family as readers know them; RecNeXt's M and A series share one registry family.
+_FAMILY_STYLE = {
+    "repnext": ("RepNeXt", "C2"),
+    "recnext_m": ("RecNeXt-M", "C0"),
+    "recnext_a": ("RecNeXt-A", "C1"),
+    "recnext_tsb": ("RecNeXt T/S/B", "C4"),
+    "repnext_u": ("RepNeXt-u", "C3"),
+}
+_FORM_MARKERS = {"deploy": "o", "single_branch": "s", "train": "^"}
+
+
+def _display_family(row: dict) -> str:
+    return row["model"][:9] if row["family"] == "recnext" else row["family"]
+
+
+def _point_label(row: dict) -> str:
+    label = row["model"].split("_", 1)[1].replace("_share_channel", "-shared")
+    return label + ("E" if row["form"] == "single_branch" else "")  # upstream names single-branch RepNeXt "M0E"
+
+
+def plot_params_vs_macs(table: Table) -> Figure:
+    """Parameters against fvcore MACs (log-log) of each fused variant in ``table`` (a :func:`model_stats` table).
+
+    Colour is the family, marker shape the form; an open black marker is the published count of the same form.
+    Every point is labelled, coinciding points once.
+    """
+    rows = table.sorted_rows()
+    if not rows:
+        raise ValueError("no rows to plot")
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    ax = fig.subplots()
+    xs, ys, labels, colours = [], [], [], []
+    for row in rows:
+        colour = _FAMILY_STYLE.get(_display_family(row), (row["family"], "C7"))[1]
+        marker = _FORM_MARKERS[row["form"]]
+        ax.scatter(row["macs_g"], row["params_m"], marker=marker, color=colour, s=30, zorder=2)
+        if row["published_macs_g"] is not None:
+            ax.scatter(row["published_macs_g"], row["published_params_m"], marker=marker, facecolors="none",
+                       edgecolors="black", linewidths=0.8, s=30, zorder=3)  # fmt: skip
+        xs.append(row["macs_g"])
+        ys.append(row["params_m"])
+        labels.append(_point_label(row))
+        colours.append(colour)
+    ax.set(xlabel=f"MACs (G, fvcore) at {rows[0]['resolution']}x{rows[0]['resolution']}", ylabel="parameters (M)")
+    ax.set(xscale="log", yscale="log")
+    ax.margins(0.08)
+    shown = {_display_family(r) for r in rows}
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=n) for f, (n, c) in _FAMILY_STYLE.items()
+               if f in shown]  # fmt: skip
+    forms = dict.fromkeys(r["form"] for r in rows)
+    handles += [Line2D([], [], marker=_FORM_MARKERS[f], linestyle="", color="#555555", label=f"fused: {f}")
+                for f in forms]  # fmt: skip
+    handles += [Line2D([], [], marker=_FORM_MARKERS[f], linestyle="", markerfacecolor="none", markeredgecolor="black",
+                       label=f"published ({f})") for f in forms if any(r["published_macs_g"] for r in rows
+                                                                       if r["form"] == f)]  # fmt: skip
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: labels need the room
+    place_labels(ax, xs, ys, labels, colors=colours)
+    return fig

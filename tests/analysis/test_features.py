@@ -2,6 +2,7 @@
 
 import filecmp
 import sys
+import tomllib
 import types
 from pathlib import Path
 
@@ -15,7 +16,6 @@ from PIL import Image
 from repnext.analysis import features
 from repnext.analysis.equivalence import randomize_batchnorm
 from repnext.analysis.features import (
-    REPOSITORY_URL,
     ImageError,
     capture_branches,
     compute_feature_maps,
@@ -27,6 +27,7 @@ from repnext.distributed import runtime
 
 ROOT = Path(__file__).parents[2]
 NOTEBOOK = ROOT / "notebooks" / "feature_maps.ipynb"
+REPOSITORY_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
 
 # (model, stage, block, expected branches); blocks after the first see earlier blocks' outputs
 FAMILIES = [
@@ -230,4 +231,7 @@ def test_notebook_is_clean_and_colab_ready(monkeypatch):
     assert calls == []  # outside Colab: nothing happens
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     exec(install.source, {"get_ipython": lambda: shell})
-    assert calls[0] == ("pip", f"install -q --no-deps git+{REPOSITORY_URL}") and all(c[0] == "pip" for c in calls)
+    assert calls == [("pip", f"install -q git+{REPOSITORY_URL}")]  # with its dependencies: Colab's torch satisfies them
+    monkeypatch.setenv("REPNEXT_PIP_SOURCE", "dist/repnext-0.1.0-py3-none-any.whl")
+    exec(install.source, {"get_ipython": lambda: shell})
+    assert calls[-1] == ("pip", "install -q dist/repnext-0.1.0-py3-none-any.whl")
