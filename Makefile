@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 # Pipeline stages call the `repnext` command, so the environment's bin folder comes first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test lint determinism clean-venv
+.PHONY: setup repro test lint determinism lower-bounds clean-venv
 
 setup: $(STAMP)
 
@@ -36,6 +36,17 @@ determinism: $(STAMP)
 	find artifacts figures -type f ! -name 'latency*' | sort | xargs md5sum > $(VENV)/determinism-2.md5
 	diff $(VENV)/determinism-1.md5 $(VENV)/determinism-2.md5
 	@echo "every pipeline output is byte-identical across two 'dvc repro -f' runs"
+
+# The library at the floors of its ranges (requirements-lower.txt), in a second environment: the tests of the code
+# that `pip install repnext` brings (models, fusion, statistics, weights, figures, logs, receptive fields).
+LOWER := .venv-lower
+LOWER_TESTS := tests/models tests/test_reparam.py tests/test_weights.py tests/test_plotting.py \
+	tests/analysis/test_stats.py tests/analysis/test_erf.py tests/analysis/test_logs.py
+
+lower-bounds:
+	test -x $(LOWER)/bin/python || $(PYTHON) -m venv $(LOWER)
+	$(LOWER)/bin/python -m pip install --disable-pip-version-check -q -c requirements-lower.txt -e '.[dev]'
+	$(LOWER)/bin/python -m pytest -p no:cacheprovider $(LOWER_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from pathlib import Path
 
 from repnext.analysis.latency import BACKENDS, BenchResult, benchmark, describe_peak, missing_requirement
+from repnext.io import write_text
 
 
 def _measure(result: BenchResult) -> tuple[dict[str, tuple[float, float]], float]:
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="alone/mixed pairs, alternating which runs first")
     parser.add_argument("--backend", dest="backends", action="append", help="default: every installed one but compile")
     parser.add_argument("--tolerance", type=float, default=0.10, help="largest |mixed / alone - 1| and IQR / median")
+    parser.add_argument("--out", type=Path, help="also write the verdict table here (Markdown)")
     args = parser.parse_args(argv)
     backends = args.backends or [b for b in BACKENDS if b != "compile" and not missing_requirement(b)]
     options = dict(forms=("fused",), resolution=args.resolution, threads=args.threads, rounds=args.rounds)
@@ -65,14 +68,17 @@ def main(argv: list[str] | None = None) -> int:
             corrected[b].append((m / m_gemm) / (a / a_gemm))
             spreads[b].append(iqr / m)
     failed = False
-    print(f"| backend | mixed / alone, raw (per repetition) | drift-corrected (median of {args.repeat}) "
-          f"| IQR / median (mixed, median) |")  # fmt: skip
-    print("| --- | --- | --- | --- |")
+    lines = [f"| backend | mixed / alone, raw (per repetition) | drift-corrected (median of {args.repeat}) "
+             f"| IQR / median (mixed, median) | verdict |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for b in backends:
         ratio, spread = statistics.median(corrected[b]), statistics.median(spreads[b])
         ok = abs(ratio - 1) <= args.tolerance and spread <= args.tolerance
         failed |= not ok
-        print(f"| {b} | {' '.join(f'{r:.3f}' for r in raw[b])} | {ratio:.3f} | {spread:.3f} |{'' if ok else ' FAIL'}")
+        raws = " ".join(f"{r:.3f}" for r in raw[b])
+        lines.append(f"| {b} | {raws} | {ratio:.3f} | {spread:.3f} | {'pass' if ok else 'FAIL'} |")
+    print("\n".join(lines))
+    if args.out:
+        write_text(args.out, "\n".join(lines) + "\n")
     return 1 if failed else 0
 
 

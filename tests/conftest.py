@@ -33,7 +33,10 @@ def other_cpu_env() -> dict[str, str]:
     import subprocess
     import sys
 
-    from numpy._core._multiarray_umath import __cpu_dispatch__
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_dispatch__
 
     other = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
              "NPY_DISABLE_CPU_FEATURES": " ".join(__cpu_dispatch__), "OMP_NUM_THREADS": "2"}  # fmt: skip

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).parents[1]
 
@@ -42,6 +43,22 @@ def test_library_dependencies_are_ranges_that_the_lock_satisfies():
     for name in ("torch", "torchvision", "timm", "numpy", "pandas", "matplotlib"):  # a user's own stays installed
         assert not any(spec.operator in ("==", "===", "~=") for spec in ranges[name].specifier), ranges[name]
     assert {"torch": "2.14.1", "torchvision": "0.29.1"}.items() <= lock.items()  # the releases on this machine's disk
+
+
+def test_the_lower_bounds_environment_is_at_the_floors():
+    """``make lower-bounds`` installs each library dependency at its floor (torch and torchvision excepted)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = {}
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        (floor,) = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+        floors[canonicalize_name(requirement.name)] = Version(floor)
+    lines = (ROOT / "requirements-lower.txt").read_text().splitlines()
+    lower = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    lower = {canonicalize_name(name): Version(version) for name, version in lower.items()}
+    for name in ("torch", "torchvision"):  # older wheels are not on this machine's disk: the lock's pair
+        assert lower.pop(name) == Version(_lock()[name]) and floors.pop(name)
+    assert {name: lower[name] for name in floors} == floors
 
 
 def test_environment_yml_installs_what_make_setup_installs():
