@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -245,12 +246,29 @@ def cmd_dataset(args: argparse.Namespace) -> None:
 
 
 def cmd_notebook(args: argparse.Namespace) -> None:
+    from .param_checks import check_section
     from .pipeline import StageError, load_section, run_notebook
 
     try:
-        run_notebook(args.source, args.output, load_section(args.params, args.section))
-    except StageError as error:
+        section = load_section(args.params, args.section)
+        check_section(args.source, section, f"{args.params}: {args.section}")
+        run_notebook(args.source, args.output, section)
+    except (StageError, ValueError) as error:
         raise SystemExit(f"repnext notebook: {error}") from None
+
+
+def cmd_check_params(args: argparse.Namespace) -> None:
+    from .io import write_text
+    from .param_checks import check_section
+    from .pipeline import StageError, load_section
+
+    try:
+        section = load_section(args.params, args.section)
+        check_section(args.notebook, section, f"{args.params}: {args.section}")
+    except (StageError, ValueError) as error:
+        raise SystemExit(f"repnext check-params: {error}") from None
+    if args.output:
+        write_text(args.output, json.dumps(section, indent=2, sort_keys=True) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -449,6 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     notebook.add_argument("--params", default="params.yaml", help="YAML file holding the parameters")
     notebook.add_argument("--section", required=True, help="dotted key of the parameters in --params")
     notebook.set_defaults(func=cmd_notebook)
+
+    check = sub.add_parser("check-params", help="check a params.yaml section against a notebook's parameters cell")
+    check.add_argument("notebook", help="the stage's notebook, e.g. notebooks/feature_maps.ipynb")
+    check.add_argument("--params", default="params.yaml", help="YAML file holding the parameters")
+    check.add_argument("--section", required=True, help="dotted key of the parameters in --params")
+    check.add_argument("-o", "--output", help="write the checked section here as JSON (the check stage's stamp)")
+    check.set_defaults(func=cmd_check_params)
     return parser
 
 

@@ -123,6 +123,10 @@ def _workspace(root: Path, output: Output) -> None:
         output.files = sorted(p.relative_to(root).as_posix() for p in target.rglob("*") if p.is_file())
 
 
+# A check stage only validates the params.yaml section of the stage it guards; the page shows that stage.
+CHECK_PREFIX = "check_"
+
+
 def collect_report(root: str | os.PathLike = ".", skip: Iterable[str] = ("report",)) -> list[StageReport]:
     """Every stage of the DVC project at ``root`` in dvc.yaml's order (except ``skip``), with its provenance.
 
@@ -148,7 +152,7 @@ def collect_report(root: str | os.PathLike = ".", skip: Iterable[str] = ("report
     reports = []
     for stage in stages:
         name = stage.name  # as dvc.lock keys it, e.g. feature_maps@recnext_m0
-        if name in skip or name.split("@")[0] in skip:
+        if name in skip or name.split("@")[0] in skip or name.startswith(CHECK_PREFIX):
             continue
         params: dict[str, object] = {}
         locked_params: dict[str, object] = {}

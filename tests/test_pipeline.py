@@ -160,8 +160,12 @@ def test_stage_outputs_are_byte_identical_across_runs(name, tmp_path, request):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        (dict(models=["repnext_m0", "nope"]), "params.yaml: model_stats.models: unknown model 'nope'; available:"),
-        (dict(resolutoin=224), "parameter 'resolutoin' is not declared in the parameters cell"),
+        (
+            dict(models=["repnext_m0", "nope"]),
+            "params.yaml: model_stats.models: got ['repnext_m0', 'nope']; expected "
+            "a non-empty list of registered variants; item 1 ('nope') is not a registered variant: one of recnext_a0",
+        ),
+        (dict(resolutoin=224), "params.yaml: model_stats.resolutoin: not a parameter of"),
     ],
 )
 def test_bad_parameters_fail_with_one_line_and_leave_nothing(override, message, tmp_path, monkeypatch, capsys):

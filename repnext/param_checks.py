@@ -1,0 +1,256 @@
+"""Check a stage's ``params.yaml`` section against its notebook's parameters cell, before the stage runs.
+
+Every parameter of a stage notebook says what it accepts in its comment, e.g. ``stage = 0  # stage``, where the
+first words (up to a ``:``) name a kind of :data:`KINDS`. :func:`check_section` checks each value of the section
+against its kind, with the whole section as context (a ``stage`` is an index into the section's ``model``), and
+raises ``ValueError`` with one line naming ``section.key``, the value and what is allowed. The pipeline runs it in
+a check stage ahead of each notebook stage, so a bad edit stops before DVC deletes the stage's outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+Check = Callable[[object, Mapping[str, object]], str | None]  # the problem with a value, or None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(value, _):
+    return None if _is_int(value) and value > 0 else "a positive integer"
+
+
+def _non_negative_int(value, _):
+    return None if _is_int(value) and value >= 0 else "a non-negative integer"
+
+
+def _positive_number(value, _):
+    return None if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else "a positive number"
+
+
+def _fraction(value, _):
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1
+    return None if ok else "a number in (0, 1]"
+
+
+def _list_of(item: Check, what: str) -> Check:
+    def check(value, section):
+        if not isinstance(value, list) or not value:
+            return f"a non-empty list of {what}"
+        for index, element in enumerate(value):
+            problem = item(element, section)
+            if problem:
+                return f"a non-empty list of {what}; item {index} ({element!r}) is not {problem}"
+        return None
+
+    return check
+
+
+def _choice(choices: Callable[[], list[str]], what: str) -> Check:
+    def check(value, _):
+        options = choices()
+        return None if isinstance(value, str) and value in options else f"{what}: one of {', '.join(options)}"
+
+    return check
+
+
+def _variants() -> list[str]:
+    from .registry import list_models
+
+    return list_models()
+
+
+def _timm_model(value, _):
+    import timm
+
+    return None if isinstance(value, str) and timm.is_model(value) else "a model name timm knows"
+
+
+def _section_models(section: Mapping[str, object]) -> list[str]:
+    """The registered variants a section names in ``model`` or ``models`` (``[model, weights]`` pairs too)."""
+    names = [section.get("model")] + [m[0] if isinstance(m, list) and m else m for m in section.get("models") or []]
+    return [name for name in names if isinstance(name, str) and name in _variants()]
+
+
+def _model_of(section: Mapping[str, object]):
+    from .registry import create_model
+
+    names = _section_models({"model": section.get("model")})
+    return create_model(names[0]) if names else None  # an unknown `model` is named by its own check
+
+
+def _stage(value, section):
+    from .registry import create_model
+
+    counts = {name: len(getattr(create_model(name), "stages", [])) for name in _section_models(section)}
+    fewest = min(counts.values(), default=None)
+    if not _is_int(value) or value < 0 or (fewest is not None and value >= fewest):
+        bound = f" of {', '.join(counts)} (0 to {fewest - 1})" if fewest else ""
+        return f"a stage index{bound}"
+    return None
+
+
+def _block(value, section):
+    model = _model_of(section)
+    stage = section.get("stage")
+    if model is None or not _is_int(stage) or not 0 <= stage < len(getattr(model, "stages", [])):
+        return None if _is_int(value) and value >= 0 else "a block index"
+    blocks = len(getattr(model.stages[stage], "blocks", model.stages[stage]))
+    if not _is_int(value) or not 0 <= value < blocks:
+        return f"a block index of stage {stage} of {section['model']} (0 to {blocks - 1})"
+    return None
+
+
+def _pipeline_outputs() -> set[str]:
+    """Paths that a stage of ``dvc.yaml`` writes: DVC runs that stage first, so they need not exist yet."""
+    import yaml
+
+    path = Path("dvc.yaml")
+    stages = yaml.safe_load(path.read_text(encoding="utf-8")).get("stages", {}) if path.is_file() else {}
+    bodies = [body.get("do", body) for body in stages.values() if isinstance(body, dict)]
+    return {next(iter(o)) if isinstance(o, dict) else o for body in bodies for o in body.get("outs", [])}
+
+
+def _input_file(value, _):
+    ok = isinstance(value, str) and (Path(value).is_file() or value in _pipeline_outputs())
+    return None if ok else "an existing file"
+
+
+def _input_dir(value, _):
+    ok = isinstance(value, str) and (Path(value).is_dir() or value in _pipeline_outputs())
+    return None if ok else "an existing folder"
+
+
+def _output(value, _):
+    return None if isinstance(value, str) and value.strip() else "a non-empty path"
+
+
+def _regex(value, _):
+    try:
+        re.compile(value)
+    except (re.error, TypeError):
+        return "a regular expression"
+    return None
+
+
+def _string(value, _):
+    return None if isinstance(value, str) else "a string"
+
+
+def _bool(value, _):
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _weights(value, _):
+    from .weights import is_url
+
+    if value is None or value == "pretrained" or (isinstance(value, str) and value.startswith("hf-hub:")):
+        return None
+    if isinstance(value, str) and (is_url(value) or Path(value).is_file() or value in _pipeline_outputs()):
+        return None
+    return 'null (random), "pretrained", "hf-hub:ID", a URL or an existing checkpoint file'
+
+
+def _image(value, _):
+    from .analysis.features import ImageError, load_image
+
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return None  # fetched when the stage runs
+    try:
+        load_image(value)
+    except (ImageError, TypeError):
+        return 'an image: "skimage:NAME", a URL or an existing image file'
+    return None
+
+
+def _model_with_weights(value, section):
+    ok = isinstance(value, list) and len(value) == 2 and not _choice(_variants, "")(value[0], section)
+    return None if ok and _weights(value[1], section) is None else "a [model, checkpoint or null] pair"
+
+
+def _size(value, _):
+    ok = isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)
+    return None if ok else "an [H, W] pair of positive integers"
+
+
+def _optional(check: Check, what: str) -> Check:
+    return lambda value, section: None if value is None or not check(value, section) else f"null or {what}"
+
+
+def _false_or_positive_int(value, _):
+    return None if value is False or (_is_int(value) and value > 0) else "false or a positive integer"
+
+
+def _backends() -> list[str]:
+    from .analysis.latency import BACKENDS
+
+    return list(BACKENDS)
+
+
+def _backend_list(value, section):
+    allowed = _backends()
+    ok = isinstance(value, list) and value and all(isinstance(v, str) and v in allowed for v in value)
+    return None if ok else f"a non-empty list of backends ({', '.join(allowed)})"
+
+
+KINDS: dict[str, Check] = {
+    "model": _choice(_variants, "a registered variant"),
+    "models": _list_of(_choice(_variants, "a registered variant"), "registered variants"),
+    "models with weights": _list_of(_model_with_weights, "[model, checkpoint or null] pairs"),
+    "timm models": _list_of(_timm_model, "model names timm knows"),
+    "positive int": _positive_int,
+    "non-negative int": _non_negative_int,
+    "positive number": _positive_number,
+    "fraction": _fraction,
+    "positive ints": _list_of(_positive_int, "positive integers"),
+    "non-negative ints": _list_of(_non_negative_int, "non-negative integers"),
+    "sizes": _list_of(_size, "[H, W] pairs of positive integers"),
+    "stage": _stage,
+    "block": _block,
+    "dtypes": _list_of(_choice(lambda: list(DTYPES), "a dtype"), f"dtypes ({', '.join(DTYPES)})"),
+    "devices": _list_of(_choice(lambda: ["cpu", "cuda"], "a device"), "devices (cpu, cuda)"),
+    "backends": _backend_list,
+    "input file": _input_file,
+    "input file or null": _optional(_input_file, "an existing file"),
+    "input dir": _input_dir,
+    "output": _output,
+    "regex": _regex,
+    "string": _string,
+    "strings": _list_of(_string, "strings"),
+    "strings or null": _optional(_list_of(_string, "strings"), "a non-empty list of strings"),
+    "bool": _bool,
+    "false or positive int": _false_or_positive_int,
+    "weights": _weights,
+    "image": _image,
+}
+
+
+def declared_kinds(notebook: str | os.PathLike) -> dict[str, str]:
+    """``{parameter: kind}`` from the comments of ``notebook``'s parameters cell; ``ValueError`` if one has none."""
+    import papermill
+
+    kinds = {}
+    for name, declared in papermill.inspect_notebook(os.fspath(notebook)).items():
+        kind = declared["help"].split(":")[0].strip()
+        if kind not in KINDS:
+            raise ValueError(f"{notebook}: parameter {name!r} declares no known kind (comment {declared['help']!r}; "
+                             f"kinds: {', '.join(KINDS)})")  # fmt: skip
+        kinds[name] = kind
+    return kinds
+
+
+def check_section(notebook: str | os.PathLike, section: Mapping[str, object], where: str) -> None:
+    """Raise ``ValueError`` (one line: ``where.key: ...``) if ``section`` does not fit ``notebook``'s parameters."""
+    kinds = declared_kinds(notebook)
+    for key, value in section.items():
+        if key not in kinds:
+            raise ValueError(f"{where}.{key}: not a parameter of {notebook} (its parameters: {', '.join(kinds)})")
+        problem = KINDS[kinds[key]](value, section)
+        if problem:
+            raise ValueError(f"{where}.{key}: got {value!r}; expected {problem}")
