@@ -285,7 +285,8 @@ def report_html(stages: list[StageReport], root: str | os.PathLike, html_path: s
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
         "<title>Pipeline report</title>\n<style>" + _STYLE + "</style>\n</head>\n<body>\n<main>\n",
         "<h1>Pipeline report: every figure and table, by stage</h1>\n",
-        "<p>One section per stage of <code>dvc.yaml</code>, in its order: the stage's description, the section of "
+        "<p>One section per stage of <code>dvc.yaml</code>, in its order (the <code>check_*</code> stages, which only "
+        "check a stage's parameters before it runs, are left out): the stage's description, the section of "
         "<code>params.yaml</code> it reads, and each output with the md5 hash <code>dvc.lock</code> records for it, "
         "compared with the file in the workspace. Tables are copied in; figures, PDF, LaTeX, Markdown, notebooks and "
         "logs are linked relatively (open this page from its place in the repository). Files named "

@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import fcntl
 import json
 import math
+import os
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -407,6 +410,9 @@ def _restore(state: dict, optimizer, scheduler, scaler: NativeScaler | None, log
     return start_epoch, state.get("max_accuracy", 0.0), rows
 
 
+LOCK_NAME = ".repnext-train.lock"
+
+
 def train(config: TrainConfig) -> list[dict]:
     """Train ``config.model`` on ``config.data``; return every row of ``log.txt`` (earlier epochs included).
 
@@ -417,11 +423,45 @@ def train(config: TrainConfig) -> list[dict]:
     config.check()
     dist_info = setup_distributed(config.device)
     try:
-        with runtime(config.threads, deterministic=dist_info.device.type == "cpu"):
-            return _train(config, dist_info)
+        with exclusive_out(config.out, dist_info.rank == 0):
+            with runtime(config.threads, deterministic=dist_info.device.type == "cpu"):
+                return _train(config, dist_info)
     finally:
         if dist_info.owned:
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def exclusive_out(out: str | os.PathLike, owner: bool = True) -> Iterator[None]:
+    """Hold ``out`` for one run: a second ``repnext train`` with the same ``--out`` gets ``ValueError`` at once.
+
+    The lock is an ``flock`` on a file in ``out``, released (and the file removed) when the run ends, however
+    it ends; the operating system releases it if the process dies. Only the process that writes (``owner``) holds it.
+    """
+    if not owner:
+        yield
+        return
+    path = Path(out) / LOCK_NAME
+    created = not path.parent.exists()  # a run that fails before writing leaves no folder behind
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ValueError(f"--out {out}: another run is training there ({holder}); wait for it or choose "
+                             "another --out") from None  # fmt: skip
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            if created and not any(path.parent.iterdir()):
+                path.parent.rmdir()
 
 
 def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:

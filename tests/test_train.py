@@ -1,5 +1,6 @@
 import argparse
 import json
+import os
 
 import numpy as np
 import pytest
@@ -21,7 +22,15 @@ from repnext.datasets import (
     photo_crops,
 )
 from repnext.experiments import ExperimentError, train_commands
-from repnext.train import LOG_KEYS, TrainConfig, add_arguments, config_from_args, parse_model_kwargs, train
+from repnext.train import (
+    LOG_KEYS,
+    TrainConfig,
+    add_arguments,
+    config_from_args,
+    exclusive_out,
+    parse_model_kwargs,
+    train,
+)
 
 # A four-stage RepNeXt small enough for a CPU test; the factories accept any embed_dim/depth.
 TINY = dict(embed_dim=(8, 16, 32, 64), depth=(1, 1, 1, 1))
@@ -190,6 +199,16 @@ def test_bad_resume_and_options_fail_before_writing(folder, tmp_path):
     with pytest.raises(ValueError, match="--warmup-lr: must be non-negative, got -1"):
         train(_config(folder, tmp_path / "a", warmup_lr=-1.0))
     assert not (tmp_path / "a").exists()
+
+
+def test_a_second_run_on_the_same_out_folder_refuses_at_once(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    with exclusive_out(out):
+        with pytest.raises(SystemExit) as raised:
+            main(["train", "repnext_m0", "--data", str(folder), "--out", str(out), "--epochs", "1"])
+        assert str(raised.value) == (f"repnext train: --out {out}: another run is training there (pid {os.getpid()}); "
+                                     "wait for it or choose another --out")  # fmt: skip
+    assert not out.exists(), "the lock leaves nothing behind"
 
 
 @pytest.mark.parametrize(
