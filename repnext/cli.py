@@ -251,7 +251,7 @@ def cmd_notebook(args: argparse.Namespace) -> None:
 
     try:
         section = load_section(args.params, args.section)
-        check_section(args.source, section, f"{args.params}: {args.section}")
+        check_section(args.source, section, f"{args.params}: {args.section}", required=False)
         run_notebook(args.source, args.output, section)
     except (StageError, ValueError) as error:
         raise SystemExit(f"repnext notebook: {error}") from None

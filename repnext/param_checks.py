@@ -231,12 +231,18 @@ KINDS: dict[str, Check] = {
 }
 
 
-def declared_kinds(notebook: str | os.PathLike) -> dict[str, str]:
-    """``{parameter: kind}`` from the comments of ``notebook``'s parameters cell; ``ValueError`` if one has none."""
+def declared_kinds(notebook: str | os.PathLike, required: bool = True) -> dict[str, str]:
+    """``{parameter: kind}`` from the comments of ``notebook``'s parameters cell; ``ValueError`` if one has none.
+
+    With ``required=False`` a notebook that declares no kind at all (one of your own) gives ``{}``.
+    """
     import papermill
 
+    declared_all = papermill.inspect_notebook(os.fspath(notebook))
+    if not required and not any(d["help"].split(":")[0].strip() in KINDS for d in declared_all.values()):
+        return {}
     kinds = {}
-    for name, declared in papermill.inspect_notebook(os.fspath(notebook)).items():
+    for name, declared in declared_all.items():
         kind = declared["help"].split(":")[0].strip()
         if kind not in KINDS:
             raise ValueError(f"{notebook}: parameter {name!r} declares no known kind (comment {declared['help']!r}; "
@@ -245,9 +251,16 @@ def declared_kinds(notebook: str | os.PathLike) -> dict[str, str]:
     return kinds
 
 
-def check_section(notebook: str | os.PathLike, section: Mapping[str, object], where: str) -> None:
-    """Raise ``ValueError`` (one line: ``where.key: ...``) if ``section`` does not fit ``notebook``'s parameters."""
-    kinds = declared_kinds(notebook)
+def check_section(
+    notebook: str | os.PathLike, section: Mapping[str, object], where: str, required: bool = True
+) -> None:
+    """Raise ``ValueError`` (one line: ``where.key: ...``) if ``section`` does not fit ``notebook``'s parameters.
+
+    ``required=False`` lets a notebook that declares no kinds through unchecked (``repnext notebook`` on your own).
+    """
+    kinds = declared_kinds(notebook, required)
+    if not kinds and not required:
+        return
     for key, value in section.items():
         if key not in kinds:
             raise ValueError(f"{where}.{key}: not a parameter of {notebook} (its parameters: {', '.join(kinds)})")

@@ -9,7 +9,7 @@ import yaml
 
 from repnext.cli import main
 from repnext.render import check_page, find_chromium, page_problems
-from repnext.report import ReportError, collect_report, csv_table_html, render_report
+from repnext.report import CHECK_PREFIX, ReportError, collect_report, csv_table_html, render_report
 
 ROOT = Path(__file__).parents[1]
 PNG = bytes.fromhex(  # a 1x1 PNG
@@ -133,7 +133,7 @@ def test_the_report_stage_depends_on_every_output_it_shows():
         body = stage.get("do", stage)
         for entry in body.get("outs", []) + body.get("metrics", []):
             path, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
-            if name == "report" or options.get("cache", True):
-                continue  # the report itself; the dataset and the published folder live in DVC's cache, not on the page
+            if name == "report" or name.startswith(CHECK_PREFIX) or options.get("cache", True):
+                continue  # the report itself, parameter stamps; the dataset and published folder live in DVC's cache
             path = path.replace("${item.output_dir}", "figures/feature_maps")
             assert any(path == dep or path.startswith(dep + "/") for dep in deps), (name, path)
