@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ...checkpoint import CheckpointError, is_torchscript, read_checkpoint
 from ...progress import bar
 from ...tables import Table
 from .backends import (
@@ -20,6 +21,7 @@ from .backends import (
     ONNX_BACKENDS,
     PEAK_BACKENDS,
     TORCH_BACKENDS,
+    BenchmarkError,
     check_backend,
     check_device,
     check_timm_model,
@@ -170,7 +172,10 @@ class _Run:
                 builder.submit("build", name, sorted({f for _, f, _ in mine}), resolution, onnx_forms, pickle_forms,
                                self.weights, name not in self.known_macs)  # fmt: skip
             for builder, name in chunk:
-                built = builder.collect()
+                try:
+                    built = builder.collect()
+                except WorkerError as error:  # a model that cannot be built (its weights refused) ends the run
+                    raise BenchmarkError(str(error).removeprefix(f"{BenchmarkError.__name__}: ")) from None
                 macs[name] = self.known_macs.get(name, built["macs"])
                 for config in (c for c in configs if c[0] == name):
                     _, form, backend = config
@@ -243,6 +248,11 @@ def benchmark(
         backends = [b for b in backends if not missing_requirement(b)]
     backends = [check_backend(b) for b in dict.fromkeys(backends)]
     models = [check_timm_model(m) for m in models]
+    if weights and os.path.isfile(weights) and not is_torchscript(weights):
+        try:
+            read_checkpoint(weights)  # a bad or untrusted file is refused before any worker starts
+        except CheckpointError as error:
+            raise BenchmarkError(str(error)) from None
     unfused = backends if unfused_backends is None else [b for b in unfused_backends if b in backends]
     configs = [(m, f, b) for m in models for f in forms for b in (unfused if f == "unfused" else backends)]
     peak_backends = [b for b in (PEAK_BACKENDS if peak_backends is None else peak_backends)
