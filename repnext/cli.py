@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -479,4 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        where = error.filename or getattr(args, "output", None) or getattr(args, "out", None) or "the output"
+        message = f"{where}: no space left on device (no file is left half-written)"
+        raise SystemExit(f"repnext {args.command}: {message}") from None

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .io import write_serialized
+
 EXPORT_FORMATS = ("onnx", "torchscript", "openvino", "coreml")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -71,7 +73,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, example: torch
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # input-shape checks become constants
         traced = torch.jit.trace(model.eval(), example)
-    torch.jit.save(traced, str(path))
+    write_serialized(path, lambda buffer: torch.jit.save(traced, buffer))
     return path
 
 

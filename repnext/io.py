@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -26,6 +27,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_serialized(path: str | os.PathLike, save: Callable[[io.BytesIO], object]) -> None:
+    """Write what ``save(buffer)`` serializes (``torch.save``, ``torch.jit.save``) to ``path`` from memory.
+
+    torch's own file writer aborts the process when the disk fills up; Python's write raises ``OSError``
+    (``ENOSPC``), which callers turn into one line and whose temporary files are removed.
+    """
+    buffer = io.BytesIO()
+    save(buffer)
+    with open(path, "wb") as file:
+        file.write(buffer.getbuffer())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .checkpoint import read_checkpoint
-from .io import replace_dir, write_text
+from .io import replace_dir, write_serialized, write_text
 from .registry import check_model_name, models_by_family
 from .weights import load_weights
 
@@ -266,12 +266,13 @@ def publish(
     umask = os.umask(0)
     os.umask(umask)
     try:
-        torch.save({"model": model.state_dict()}, staging / f"{stem}.pth")
+        write_serialized(staging / f"{stem}.pth", lambda buffer: torch.save({"model": model.state_dict()}, buffer))
         files = {"safetensors": "model.safetensors"}
         if fused:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "`torch.jit", FutureWarning)
-                torch.jit.script(deploy).save(os.fspath(staging / f"{stem}_fused.pt"))
+                scripted = torch.jit.script(deploy)
+                write_serialized(staging / f"{stem}_fused.pt", lambda buffer: torch.jit.save(scripted, buffer))
             _stabilize_torchscript(staging / f"{stem}_fused.pt")
             files["fused"] = f"{stem}_fused.pt"
         if log is not None:

@@ -56,7 +56,7 @@ from .checkpoint import CheckpointError, check_state_dict, read_checkpoint
 from .datasets import build_datasets
 from .distributed import Distributed, runtime, setup_distributed, shard
 from .evaluation import evaluate_forms
-from .io import atomic_path, write_text
+from .io import atomic_path, write_serialized, write_text
 from .progress import add_arguments as add_progress_arguments
 from .progress import bar, wanted
 from .registry import create_model
@@ -345,8 +345,8 @@ def _write_log(path: Path, rows: Sequence[dict]) -> None:
 
 
 def _save(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp, tmp.open("wb") as file:
-        torch.save(state, file)  # a file object, so the archive's inner folder is not named after the temp file
+    with atomic_path(path) as tmp:  # through memory: the archive's inner folder is not named after the temp file
+        write_serialized(tmp, lambda buffer: torch.save(state, buffer))
 
 
 _RESUME_STATE = ("optimizer", "lr_scheduler", "scaler")
@@ -444,24 +444,27 @@ def exclusive_out(out: str | os.PathLike, owner: bool = True) -> Iterator[None]:
     path = Path(out) / LOCK_NAME
     created = not path.parent.exists()  # a run that fails before writing leaves no folder behind
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    held = False
+    try:
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise ValueError(f"--out {out}: another run is training there ({holder}); wait for it or choose "
+                                 "another --out") from None  # fmt: skip
+            held = True
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ValueError(f"--out {out}: another run is training there ({holder}); wait for it or choose "
-                             "another --out") from None  # fmt: skip
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
-        handle.flush()
-        try:
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}\n")
+            handle.flush()
             yield
-        finally:
+    finally:
+        if held:
             path.unlink(missing_ok=True)
-            if created and not any(path.parent.iterdir()):
-                path.parent.rmdir()
+        if created and path.parent.is_dir() and not any(path.parent.iterdir()):
+            path.parent.rmdir()
 
 
 def _train(config: TrainConfig, dist_info: Distributed) -> list[dict]:
