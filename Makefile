@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml requirements.lock
 REPORT := artifacts/report.html
 
 repro: $(STAMP)
+	@$(BIN)/python repnext/dvc_lock.py  # a second run says so at once, not at the first stage both need
 	$(BIN)/dvc repro
 	@echo "Report of every figure and table, by stage: $(CURDIR)/$(REPORT)"
 
