@@ -246,28 +246,33 @@ def cmd_dataset(args: argparse.Namespace) -> None:
     print(root)
 
 
-def cmd_notebook(args: argparse.Namespace) -> None:
-    from .param_checks import check_section
-    from .pipeline import StageError, load_section, run_notebook
-
-    try:
-        section = load_section(args.params, args.section)
-        check_section(args.source, section, f"{args.params}: {args.section}", required=False)
-        run_notebook(args.source, args.output, section)
-    except (StageError, ValueError) as error:
-        raise SystemExit(f"repnext notebook: {error}") from None
-
-
-def cmd_check_params(args: argparse.Namespace) -> None:
-    from .io import write_text
+def _checked_section(command: str, notebook: str, args: argparse.Namespace, required: bool = True) -> dict:
+    """``--params``'s ``--section``, checked against ``notebook``'s parameters cell; one line on a bad value."""
     from .param_checks import check_section
     from .pipeline import StageError, load_section
 
     try:
         section = load_section(args.params, args.section)
-        check_section(args.notebook, section, f"{args.params}: {args.section}")
+        check_section(notebook, section, f"{args.params}: {args.section}", required)
     except (StageError, ValueError) as error:
-        raise SystemExit(f"repnext check-params: {error}") from None
+        raise SystemExit(f"repnext {command}: {error}") from None
+    return section
+
+
+def cmd_notebook(args: argparse.Namespace) -> None:
+    from .pipeline import StageError, run_notebook
+
+    section = _checked_section("notebook", args.source, args, required=False)
+    try:
+        run_notebook(args.source, args.output, section)
+    except StageError as error:
+        raise SystemExit(f"repnext notebook: {error}") from None
+
+
+def cmd_check_params(args: argparse.Namespace) -> None:
+    from .io import write_text
+
+    section = _checked_section("check-params", args.notebook, args)
     if args.output:
         write_text(args.output, json.dumps(section, indent=2, sort_keys=True) + "\n")
 

@@ -9,6 +9,7 @@ a check stage ahead of each notebook stage, so a bad edit stops before DVC delet
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -78,17 +79,17 @@ def _section_models(section: Mapping[str, object]) -> list[str]:
     return [name for name in names if isinstance(name, str) and name in _variants()]
 
 
-def _model_of(section: Mapping[str, object]):
+@functools.cache
+def _blocks_per_stage(name: str) -> tuple[int, ...]:
+    """How many blocks each stage of variant ``name`` has (built once per name: stage and block share it)."""
     from .registry import create_model
 
-    names = _section_models({"model": section.get("model")})
-    return create_model(names[0]) if names else None  # an unknown `model` is named by its own check
+    stages = getattr(create_model(name), "stages", [])
+    return tuple(len(getattr(stage, "blocks", stage)) for stage in stages)
 
 
 def _stage(value, section):
-    from .registry import create_model
-
-    counts = {name: len(getattr(create_model(name), "stages", [])) for name in _section_models(section)}
+    counts = {name: len(_blocks_per_stage(name)) for name in _section_models(section)}
     fewest = min(counts.values(), default=None)
     if not _is_int(value) or value < 0 or (fewest is not None and value >= fewest):
         bound = f" of {', '.join(counts)} (0 to {fewest - 1})" if fewest else ""
@@ -97,13 +98,12 @@ def _stage(value, section):
 
 
 def _block(value, section):
-    model = _model_of(section)
-    stage = section.get("stage")
-    if model is None or not _is_int(stage) or not 0 <= stage < len(getattr(model, "stages", [])):
+    model, stage = section.get("model"), section.get("stage")
+    blocks = _blocks_per_stage(model) if isinstance(model, str) and model in _variants() else ()
+    if not _is_int(stage) or not 0 <= stage < len(blocks):  # an unknown model or stage is named by its own check
         return None if _is_int(value) and value >= 0 else "a block index"
-    blocks = len(getattr(model.stages[stage], "blocks", model.stages[stage]))
-    if not _is_int(value) or not 0 <= value < blocks:
-        return f"a block index of stage {stage} of {section['model']} (0 to {blocks - 1})"
+    if not _is_int(value) or not 0 <= value < blocks[stage]:
+        return f"a block index of stage {stage} of {model} (0 to {blocks[stage] - 1})"
     return None
 
 

@@ -151,10 +151,6 @@ def _marker_styles(artists: Sequence) -> dict[tuple, str]:
     return styles
 
 
-def _legend_handles(legend: Legend) -> list:
-    return list(getattr(legend, "legend_handles", None) or legend.legendHandles)
-
-
 def _data_span(values: np.ndarray, low: float, high: float, log: bool) -> float:
     """Share of the view ``[low, high]`` covered by the finite ``values`` inside it (in decades on a log axis)."""
     values = values[np.isfinite(values)]
@@ -206,7 +202,7 @@ def check_figure(fig: Figure) -> list[str]:
         for j in near + i + 1:
             if _rectangles_overlap(boxes[i], boxes[j], tolerance=0.5):
                 problems.append(f"texts {texts[i].get_text()!r} and {texts[j].get_text()!r} overlap")
-    legend_styles = {key for legend in fig.findobj(Legend) for key in _marker_styles(_legend_handles(legend))}
+    legend_styles = {key for legend in fig.findobj(Legend) for key in _marker_styles(legend.legend_handles)}
     for ax in fig.axes:
         if ax.get_visible():
             problems += _axes_problems(ax, legend_styles)
