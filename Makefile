@@ -26,6 +26,7 @@ REPORT := artifacts/report.html
 
 repro: $(STAMP)
 	@$(BIN)/python repnext/dvc_lock.py  # a second run says so at once, not at the first stage both need
+	@$(BIN)/python repnext/dvc_cache.py  # DVC restores cached outputs unchecked: corrupt objects are rebuilt instead
 	$(BIN)/dvc repro
 	@echo "Report of every figure and table, by stage: $(CURDIR)/$(REPORT)"
 

@@ -271,8 +271,16 @@ def cmd_notebook(args: argparse.Namespace) -> None:
 
 def cmd_check_params(args: argparse.Namespace) -> None:
     from .io import write_text
+    from .param_checks import check_command_section
+    from .pipeline import StageError
 
-    section = _checked_section("check-params", args.notebook, args)
+    if args.target.endswith(".ipynb"):
+        section = _checked_section("check-params", args.target, args)
+    else:
+        try:
+            section = check_command_section(args.target, args.params, args.section)
+        except (StageError, ValueError) as error:
+            raise SystemExit(f"repnext check-params: {error}") from None
     if args.output:
         write_text(args.output, json.dumps(section, indent=2, sort_keys=True) + "\n")
 
@@ -474,8 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     notebook.add_argument("--section", required=True, help="dotted key of the parameters in --params")
     notebook.set_defaults(func=cmd_notebook)
 
-    check = sub.add_parser("check-params", help="check a params.yaml section against a notebook's parameters cell")
-    check.add_argument("notebook", help="the stage's notebook, e.g. notebooks/feature_maps.ipynb")
+    check = sub.add_parser("check-params", help="check a params.yaml section against what its stage accepts")
+    check.add_argument("target", help="the stage's notebook (notebooks/feature_maps.ipynb) or command: "
+                       "dataset, train-experiments (its section and training), publish")  # fmt: skip
     check.add_argument("--params", default="params.yaml", help="YAML file holding the parameters")
     check.add_argument("--section", required=True, help="dotted key of the parameters in --params")
     check.add_argument("-o", "--output", help="write the checked section here as JSON (the check stage's stamp)")

@@ -20,14 +20,14 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["ExperimentError", "default_jobs", "run_experiments", "train_commands"]
+__all__ = ["ExperimentError", "default_jobs", "run_experiments", "shared_options", "train_commands"]
 
 
 class ExperimentError(RuntimeError):
     """A bad experiment definition or a failed run; the message is one line."""
 
 
-def _shared_options() -> dict[str, object]:
+def shared_options() -> dict[str, object]:
     """``repnext train`` options a ``training`` section may set, with their defaults: all but the per-run ones."""
     from dataclasses import fields
 
@@ -61,7 +61,7 @@ def train_commands(
 ) -> dict[str, list[str]]:
     """One ``repnext train`` argv per experiment; errors name the parameter (``where: section.NAME.key``).
     With ``checkpoint_root``, each run writes ``ROOT/NAME/best.pth`` (model only with ``weights_only``)."""
-    options, shared = _shared_options(), []
+    options, shared = shared_options(), []
     for key, value in training.items():
         if key not in options:
             raise ExperimentError(

@@ -5,6 +5,10 @@ first words (up to a ``:``) name a kind of :data:`KINDS`. :func:`check_section` 
 against its kind, with the whole section as context (a ``stage`` is an index into the section's ``model``), and
 raises ``ValueError`` with one line naming ``section.key``, the value and what is allowed. The pipeline runs it in
 a check stage ahead of each notebook stage, so a bad edit stops before DVC deletes the stage's outputs.
+
+The sections that commands read rather than notebooks (``dataset``, the ``training`` options and ``experiments``
+of ``train-experiments``, ``publish``) are checked by :func:`check_command_section` against what those commands
+accept, in check stages of their own.
 """
 
 from __future__ import annotations
@@ -199,6 +203,13 @@ def _backend_list(value, section):
     return None if ok else f"a non-empty list of backends ({', '.join(allowed)})"
 
 
+def _builtin_dataset(value, _):
+    from .datasets import BUILTIN_DATASETS, BUILTIN_PREFIX
+
+    names = [f"{BUILTIN_PREFIX}{name}" for name in BUILTIN_DATASETS]
+    return None if value in names else f"a built-in dataset: one of {', '.join(names)}"
+
+
 KINDS: dict[str, Check] = {
     "model": _choice(_variants, "a registered variant"),
     "models": _list_of(_choice(_variants, "a registered variant"), "registered variants"),
@@ -228,6 +239,7 @@ KINDS: dict[str, Check] = {
     "false or positive int": _false_or_positive_int,
     "weights": _weights,
     "image": _image,
+    "builtin dataset": _builtin_dataset,
 }
 
 
@@ -259,11 +271,141 @@ def check_section(
     ``required=False`` lets a notebook that declares no kinds through unchecked (``repnext notebook`` on your own).
     """
     kinds = declared_kinds(notebook, required)
-    if not kinds and not required:
-        return
+    if kinds or required:
+        _check_kinds(kinds, section, where, f"a parameter of {notebook}")
+
+
+def _check_kinds(kinds: Mapping[str, str], section: Mapping[str, object], where: str, owner: str) -> None:
     for key, value in section.items():
         if key not in kinds:
-            raise ValueError(f"{where}.{key}: not a parameter of {notebook} (its parameters: {', '.join(kinds)})")
+            raise ValueError(f"{where}.{key}: not {owner} (its parameters: {', '.join(kinds)})")
         problem = KINDS[kinds[key]](value, section)
         if problem:
             raise ValueError(f"{where}.{key}: got {value!r}; expected {problem}")
+
+
+DATASET_KINDS = {
+    "name": "builtin dataset",
+    "root": "output",
+    "size": "positive int",
+    "train_per_class": "positive int",
+    "val_per_class": "positive int",
+    "seed": "non-negative int",
+}
+
+
+def _check_dataset(params: Mapping[str, object], section: str, params_file: str) -> None:
+    _check_kinds(DATASET_KINDS, params[section], f"{params_file}: {section}", "an option of repnext dataset")
+
+
+def _type_problem(value: object, hint: object) -> str | None:
+    """What ``value`` should be for the annotation ``hint`` (``int``, ``float | None``...), or None if it fits."""
+    import types
+    import typing
+
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    fits = {bool: _bool(value, None) is None, int: _is_int(value), str: isinstance(value, str),
+            float: isinstance(value, int | float) and not isinstance(value, bool)}  # fmt: skip
+    if any(fits.get(kind, True) for kind in allowed if kind is not type(None)):
+        return None
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return " or ".join(["null"] * (type(None) in allowed) + [names[k] for k in allowed if k in names])
+
+
+def _check_training(training: Mapping[str, object], where: str) -> None:
+    """The ``training`` options: each one ``repnext train`` takes, of its type, within the range it checks."""
+    import typing
+
+    from .experiments import shared_options
+    from .train import TrainConfig
+
+    options, hints = shared_options(), typing.get_type_hints(TrainConfig)
+    for key, value in training.items():
+        if key not in options:
+            raise ValueError(f"{where}.{key}: not an option of repnext train (its options: {', '.join(options)})")
+        problem = _type_problem(value, hints[key])
+        if problem:
+            raise ValueError(f"{where}.{key}: got {value!r}; expected {problem}")
+    try:
+        TrainConfig("", "", "", **training).check()
+    except ValueError as error:
+        option, _, problem = str(error).partition(": ")
+        raise ValueError(f"{where}.{option.removeprefix('--').replace('-', '_')}: {problem}") from None
+
+
+def _check_experiments(params: Mapping[str, object], section: str, params_file: str) -> None:
+    """The shared ``training`` options, then each run: a registered variant that builds with its ``model_kwargs``
+    and runs a forward pass at ``training.img_size`` (an even kernel size builds, then fails on the residual)."""
+    import torch
+
+    from .registry import create_model
+    from .train import TrainConfig, parse_model_kwargs
+
+    _check_training(params["training"], f"{params_file}: training")
+    side = params["training"].get("img_size", TrainConfig("", "", "").img_size)
+    experiments, where = params[section], f"{params_file}: {section}"
+    for name, item in experiments.items():
+        if not isinstance(item, Mapping) or set(item) - {"model", "model_kwargs"} or "model" not in item:
+            raise ValueError(
+                f"{where}.{name}: got {item!r}; expected {{model: VARIANT, model_kwargs: 'KEY=VALUE ...'}}"
+            )
+        problem = KINDS["model"](item["model"], item)
+        if problem:
+            raise ValueError(f"{where}.{name}.model: got {item['model']!r}; expected {problem}")
+        text = item.get("model_kwargs", "")
+        try:
+            model = create_model(item["model"], **parse_model_kwargs(str(text).split())).eval()
+            with torch.no_grad():
+                model(torch.zeros(1, 3, side, side))
+        except Exception as error:  # whatever the constructor or the forward pass raises, said in one line
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"{where}.{name}.model_kwargs: got {text!r}; {item['model']} does not build and run "
+                             f"at {side}x{side} with it ({reason})") from None  # fmt: skip
+
+
+def _check_publish(params: Mapping[str, object], section: str, params_file: str) -> None:
+    """``experiment`` is a run of ``experiments_with_weights`` (the one with a checkpoint), of variant ``model``; the
+    ``training`` options (the evaluate stage reads its ``img_size`` and ``threads``)."""
+    publish, runs, where = params[section], params["experiments_with_weights"], f"{params_file}: {section}"
+    for key in publish:
+        if key not in ("experiment", "model", "min_agreement"):
+            raise ValueError(f"{where}.{key}: not a parameter of the evaluate and publish stages "
+                             "(its parameters: experiment, model, min_agreement)")  # fmt: skip
+    experiment, model = publish.get("experiment"), publish.get("model")
+    if experiment not in runs:
+        raise ValueError(f"{where}.experiment: got {experiment!r}; expected a run of experiments_with_weights "
+                         f"(the runs whose checkpoints are kept): one of {', '.join(runs)}")  # fmt: skip
+    expected = runs[experiment].get("model") if isinstance(runs[experiment], Mapping) else None
+    if model != expected:
+        raise ValueError(f"{where}.model: got {model!r}; expected {expected!r}, the variant run {experiment} trains")
+    agreement = publish.get("min_agreement")
+    if not (isinstance(agreement, int | float) and not isinstance(agreement, bool) and 0 <= agreement <= 100):
+        raise ValueError(f"{where}.min_agreement: got {agreement!r}; expected a percentage from 0 to 100")
+    _check_training(params["training"], f"{params_file}: training")
+
+
+# The other sections a command's check reads besides its own.
+COMMAND_SECTIONS = {"train-experiments": ("training",), "publish": ("experiments_with_weights", "training")}
+# The commands whose params.yaml section a check stage checks: command -> its check (params, section, params file).
+COMMAND_CHECKS: dict[str, Callable[[Mapping[str, object], str, str], None]] = {
+    "dataset": _check_dataset,
+    "train-experiments": _check_experiments,
+    "publish": _check_publish,
+}
+
+
+def check_command_section(command: str, params_file: str, section: str) -> dict:
+    """``section`` of ``params_file``, checked against what ``command`` accepts; ``ValueError`` (one line:
+    ``PARAMS_FILE: section.key: ...``) if it does not fit. Checks that need another section (the ``training``
+    options of ``train-experiments``, the runs ``publish`` picks from) read it from the same file."""
+    from .pipeline import load_section
+
+    if command not in COMMAND_CHECKS:
+        raise ValueError(f"{command}: neither a notebook (.ipynb) nor a command with a parameter check "
+                         f"({', '.join(COMMAND_CHECKS)})")  # fmt: skip
+    needed = {section, *COMMAND_SECTIONS.get(command, ())}
+    params = {name: load_section(params_file, name) for name in sorted(needed)}
+    COMMAND_CHECKS[command](params, section, params_file)
+    return params[section]

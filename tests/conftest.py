@@ -48,6 +48,18 @@ def other_cpu_env() -> dict[str, str]:
     return other
 
 
+def pytest_configure(config):
+    """Refuse ``--dist loadgroup`` where it ignores the ``xdist_group`` marks that keep each group's expensive
+    fixtures in one worker: pytest 9.2 with pytest-xdist up to 3.8 (pytest-xdist issue #1386)."""
+    import xdist
+    from packaging.version import Version
+
+    broken = Version(pytest.__version__) >= Version("9.2") and Version(xdist.__version__) <= Version("3.8")
+    if broken and config.getoption("dist", "no") == "loadgroup" and not os.environ.get("PYTEST_XDIST_WORKER"):
+        versions = f"pytest {pytest.__version__} with pytest-xdist {xdist.__version__}"
+        raise pytest.UsageError(f"{versions} ignores xdist_group (pytest-xdist #1386): install requirements.lock's")
+
+
 def pytest_addoption(parser):
     help_text = "write the digests of each reduced pipeline stage's outputs to tests/data/stage_outputs/"
     parser.addoption("--record-stage-outputs", action="store_true", help=help_text)

@@ -40,4 +40,5 @@ def test_make_repro_checks_before_it_runs_dvc(tmp_path):
     assert free.returncode == 0 and free.stderr == ""
     recipe = (ROOT / "Makefile").read_text().split("\nrepro: $(STAMP)\n")[1].splitlines()
     assert recipe[0].split("#")[0].strip() == "@$(BIN)/python repnext/dvc_lock.py"
-    assert recipe[1].strip() == "$(BIN)/dvc repro"
+    assert recipe[1].split("#")[0].strip() == "@$(BIN)/python repnext/dvc_cache.py"
+    assert recipe[2].strip() == "$(BIN)/dvc repro"

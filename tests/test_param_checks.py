@@ -1,5 +1,6 @@
 """A bad params.yaml value stops at its stage's check, with one line, before DVC deletes anything."""
 
+import json
 import os
 import re
 import shlex
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from repnext.cli import main
-from repnext.param_checks import KINDS, check_section, declared_kinds
+from repnext.param_checks import COMMAND_CHECKS, KINDS, check_section, declared_kinds
 
 ROOT = Path(__file__).parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -99,6 +100,70 @@ def test_a_bad_value_is_one_line_naming_it_and_writes_no_stamp(section, key, val
     assert line.startswith(f"repnext check-params: {params}: {section}.{key}: got {value!r}; ") and "\n" not in line
     assert message in line
     assert not stamp.exists()
+
+
+def _guards(name: str) -> list[str]:
+    """The check stages whose stamps stage ``name`` depends on."""
+    stamps = {
+        next(iter(body.get("do", body)["outs"][0])): check for check, body in DVC.items() if check[:6] == "check_"
+    }
+    return [stamps[dep] for dep in DVC[name].get("deps", []) if dep in stamps]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, b in DVC.items() if "params" in b and n not in NOTEBOOK_STAGES))
+def test_every_command_stage_is_guarded_by_a_check_of_its_sections(name):
+    """dataset, train, train_weights, evaluate, publish: their sections are checked before DVC deletes outputs."""
+    if name.startswith("check_") or name == "report":  # a check itself; the report reads every section, writes one page
+        return
+    (guard,) = _guards(name)
+    argv = shlex.split(DVC[guard]["cmd"])
+    assert argv[:3] == ["repnext", "check-params", argv[2]] and argv[2] in COMMAND_CHECKS
+    checked = {str(p).split(".")[0] for p in DVC[guard]["params"]}
+    assert {str(p).split(".")[0] for p in DVC[name]["params"]} <= checked, "every section the stage reads"
+    assert DVC[guard]["outs"][0][next(iter(DVC[guard]["outs"][0]))] == {"cache": False, "persist": True}
+
+
+# One bad value for each command's sections: (command, section checked, section edited, key, value, the line says).
+COMMAND_BAD = [
+    ("dataset", "dataset", "dataset", "size", 0, "dataset.size: got 0; expected a positive integer"),
+    ("dataset", "dataset", "dataset", "name", "builtin:cats", "expected a built-in dataset: one of builtin:photos"),
+    ("train-experiments", "experiments", "training", "epochs", 0, "training.epochs: must be a positive integer, got 0"),
+    ("train-experiments", "experiments", "training", "lr", "fast", "training.lr: got 'fast'; expected a number"),
+    ("train-experiments", "experiments", "training", "epochz", 3, "training.epochz: not an option of repnext train"),
+    ("train-experiments", "experiments", "experiments", "recnext_m0_8e_64x64_rec_3x3",
+     {"model": "recnext_m0", "model_kwargs": "kernel_size=4"}, "recnext_m0 does not build and run at 64x64 with it"),
+    ("train-experiments", "experiments_with_weights", "experiments_with_weights", "recnext_m0_8e_64x64_rec_5x5",
+     {"model": "recnext_m9"}, "experiments_with_weights.recnext_m0_8e_64x64_rec_5x5.model: got 'recnext_m9'"),
+    ("publish", "publish", "publish", "experiment", "nope", "expected a run of experiments_with_weights"),
+    ("publish", "publish", "publish", "model", "recnext_m0", "expected 'repnext_m0', the variant run"),
+    ("publish", "publish", "publish", "min_agreement", 101, "expected a percentage from 0 to 100"),
+]  # fmt: skip
+
+
+def test_every_command_check_has_a_bad_value_above():
+    assert {command for command, *_ in COMMAND_BAD} == set(COMMAND_CHECKS)
+
+
+@pytest.mark.parametrize(
+    ("command", "section", "edited", "key", "value", "message"),
+    COMMAND_BAD,
+    ids=[f"{e}.{k}" for _, _, e, k, *_ in COMMAND_BAD],
+)
+def test_a_bad_command_value_is_one_line_naming_it_and_writes_no_stamp(command, section, edited, key, value, message,
+                                                                        tmp_path, monkeypatch):  # fmt: skip
+    monkeypatch.chdir(ROOT)
+    main(["check-params", command, "--section", section, "-o", str(tmp_path / "good.json")])  # the committed values
+    params = {**PARAMS, edited: {**PARAMS[edited], key: value}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    stamp = tmp_path / "stamp.json"
+    with pytest.raises(SystemExit) as raised:
+        main(
+            ["check-params", command, "--params", str(tmp_path / "params.yaml"), "--section", section, "-o", str(stamp)]
+        )
+    line = str(raised.value)
+    assert line.startswith(f"repnext check-params: {tmp_path / 'params.yaml'}: ") and "\n" not in line
+    assert message in line and not stamp.exists()
+    assert json.loads((tmp_path / "good.json").read_text()) == PARAMS[section]
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs a git checkout of the repository")

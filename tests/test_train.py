@@ -1,6 +1,9 @@
 import argparse
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -23,6 +26,7 @@ from repnext.datasets import (
 )
 from repnext.experiments import ExperimentError, train_commands
 from repnext.train import (
+    LOCK_NAME,
     LOG_KEYS,
     TrainConfig,
     add_arguments,
@@ -159,6 +163,43 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(folder, reference, 
     assert [row["epoch"] for row in rows] == [0, 1]  # the epoch count continues; log.txt keeps epoch 0
     assert (tmp_path / "run" / "log.txt").read_bytes() == (out / "log.txt").read_bytes()
     _assert_same_weights(_weights(tmp_path / "run" / "checkpoint.pth"), _weights(out / "checkpoint.pth"))
+
+
+# `repnext train` in a process that SIGKILLs itself after the second step of the second epoch (of two).
+KILLED_MID_EPOCH = """import os, signal, sys
+import repnext.train as train
+from repnext.cli import main
+
+steps = []
+def bar(iterable, desc, progress):
+    for item in iterable:
+        yield item
+        steps.append(desc)
+        if steps.count("epoch 1/2") == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+train.bar = bar
+main(sys.argv[1:])
+"""
+
+
+def _argv(folder, out, *more):
+    return ["train", "repnext_m0", "--data", str(folder), "--out", str(out), "--epochs", "2", "--img-size", "32",
+            "--batch-size", "4", "--warmup-epochs", "0", "--lr", "2e-3", "--threads", "1", "--no-progress",
+            *more, "--model-kwargs", "embed_dim=8,16,32,64", "depth=1,1,1,1"]  # fmt: skip  # _config's run
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_bytes_of_an_uninterrupted_run(folder, reference, tmp_path):
+    out, ckpt = tmp_path / "run", tmp_path / "ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_EPOCH, *_argv(folder, out, "--checkpoint-dir", ckpt)],
+                            env=env, capture_output=True, text=True)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len((out / "log.txt").read_text().splitlines()) == 1 and _state(ckpt / "checkpoint.pth")["epoch"] == 0
+    assert not [p.name for p in [*out.iterdir(), *ckpt.iterdir()] if p.suffix == ".tmp"]  # nothing half-written
+    main(_argv(folder, out, "--resume", str(ckpt / "checkpoint.pth")))
+    assert (out / "log.txt").read_bytes() == (reference[0] / "log.txt").read_bytes()
+    _assert_same_weights(_weights(out / "checkpoint.pth"), _weights(reference[0] / "checkpoint.pth"))
+    assert not (out / LOCK_NAME).exists()
 
 
 def test_channels_last_trains_the_same_function_and_saves_nchw_weights(folder, reference, tmp_path):
