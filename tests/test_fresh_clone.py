@@ -78,6 +78,7 @@ def test_the_stages_a_fresh_clone_rebuilds_are_the_ones_made_portable():
     assert sorted(_cached_stages()) == ["dataset", "publish"]
 
 
+@pytest.mark.xdist_group("other_cpu")  # one worker probes the simulated CPU (other_cpu_env) once
 @pytest.mark.parametrize("name", ["dataset", "publish"])
 def test_a_stage_a_fresh_clone_rebuilds_writes_the_same_bytes_on_another_cpu(name, tmp_path, other_cpu_env):
     stage = _cached_stages()[name]

@@ -170,6 +170,7 @@ for name, state in states.items():
     print(name, hashlib.sha256(b"".join(t.numpy().tobytes() for t in fused.values())).hexdigest())"""
 
 
+@pytest.mark.xdist_group("other_cpu")  # one worker probes the simulated CPU (other_cpu_env) once
 def test_fused_weights_have_the_same_bits_on_another_cpu(tmp_path, other_cpu_env):
     """Fusion is elementwise arithmetic and a few small sums, so the fused float32 weights a fresh clone publishes
     must not depend on the CPU (torch's float32 sqrt did: MKL's vector math rounds its last bit by instruction set)."""

@@ -1,8 +1,7 @@
 """Layers shared by the RepNeXt and RecNeXt families (same parameter names as upstream)."""
 
-from __future__ import annotations
-
 import itertools
+from collections.abc import Sequence
 
 import torch
 from timm.layers import trunc_normal_
@@ -19,6 +18,14 @@ def check_input(x: Tensor, in_chans: int) -> Tensor:
 
 
 torch.fx.wrap("check_input")
+
+
+def drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:
+    """Stochastic-depth rates rising linearly from 0 to ``rate`` over all blocks, one list per stage: upstream's
+    float32 ``torch.linspace``, made on the CPU so that models also build under ``torch.device("meta")``."""
+    rates = torch.linspace(0, rate, sum(depths), device="cpu").tolist()
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return [rates[start : start + depth] for start, depth in zip(starts, depths, strict=True)]
 
 
 def dwconv(channels: int, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1,

@@ -4,8 +4,6 @@ Layout (parameter names as upstream): ``stem`` (stride 4), ``stages.i.downsample
 absent in stage 0), ``stages.i.blocks.j``, ``head`` (two NormLinear heads averaged at inference).
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 
 import torch
@@ -37,7 +35,7 @@ class MetaNeXtBlock(nn.Module):
         return x + self.drop_path(self.channel_mixer(self.norm(self.token_mixer(x))))
 
     @torch.no_grad()
-    def fuse(self) -> MetaNeXtBlock:
+    def fuse(self) -> "MetaNeXtBlock":
         reparameterize(self, inplace=True)
         if isinstance(self.norm, nn.BatchNorm2d):
             pw = self.channel_mixer[0]
@@ -61,7 +59,7 @@ class Downsample(nn.Module):
         return x + self.channel_mixer(x)
 
     @torch.no_grad()
-    def fuse(self) -> Downsample:
+    def fuse(self) -> "Downsample":
         reparameterize(self, inplace=True)
         if isinstance(self.norm, nn.BatchNorm2d):
             self.token_mixer = fold_output_affine(self.token_mixer, *bn_scale_shift(self.norm))

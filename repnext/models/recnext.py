@@ -9,8 +9,6 @@ Re-parameterization folds every BatchNorm. RecConv itself is linear but not one 
 (up- and down-sampling sit between its convs), so it stays as it is in the fused form.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch

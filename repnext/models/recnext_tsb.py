@@ -12,8 +12,6 @@ BatchNorm and merges the RepVGG-style mixer into one 3x3 depthwise conv. Paramet
 v2.0 release checkpoints.
 """
 
-from __future__ import annotations
-
 import math
 
 import torch
@@ -25,7 +23,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import checkpoint_filter_fn
 from ..reparam import conv_from_kernel, dirac_kernel, fuse_conv_bn, merge_parallel
-from .layers import ConvNorm, Stem, mlp
+from .layers import ConvNorm, Stem, drop_path_rates, mlp
 from .metanext import DistilledBackbone
 from .recnext import LinearAttention, RecAttn2d, distillation_and_tag
 
@@ -91,7 +89,7 @@ class PartialBlock(nn.Module):
         x = self.rep_mixer(x)
         return x + self.drop_path(self.channel_mixer(self.token_mixer(x, partials)))
 
-    def fuse(self) -> PartialBlock:
+    def fuse(self) -> "PartialBlock":
         self.drop_path = nn.Identity()  # the walk then fuses the children
         return self
 
@@ -111,7 +109,7 @@ class ConvDownsample(nn.Module):
         x = self.token_mixer(x)
         return x + self.drop_path(self.channel_mixer(x))
 
-    def fuse(self) -> ConvDownsample:
+    def fuse(self) -> "ConvDownsample":
         self.drop_path = nn.Identity()
         return self
 
@@ -159,10 +157,10 @@ class RecNeXtTSB(DistilledBackbone):
         if any(channels % split_rate for channels in embed_dim):
             raise ValueError(f"embed_dim {list(embed_dim)}: every width must be divisible by split_rate={split_rate}")
         self.stem = Stem(in_chans, embed_dim[0], act_layer, depth=3, bias=True, final_act=depth[0] == 0)
-        rates = torch.linspace(0, drop_path_rate, sum(depth)).split(list(depth))
+        rates = drop_path_rates(drop_path_rate, depth)
         stages, self.feature_info = [], []
         for i, (channels, n_blocks) in enumerate(zip(embed_dim, depth, strict=True)):
-            stage_rates = rates[i].tolist()
+            stage_rates = rates[i]
             first_rate = stage_rates[0] if n_blocks else 0.0  # upstream's downsampling takes its stage's first rate
             downsample = (
                 ConvDownsample(embed_dim[i - 1], channels, mlp_ratios[i], first_rate, act_layer) if i else nn.Identity()

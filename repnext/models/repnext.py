@@ -11,8 +11,6 @@ loads with ``strict=True``. The inference form comes from :func:`repnext.reparam
 Any input size works: every stride-2 branch maps ``H`` to ``ceil(H / 2)``.
 """
 
-from __future__ import annotations
-
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -147,7 +145,7 @@ class CopyConv(nn.Module):
         return torch.cat((self.conv_s(x), self.conv_m(x)), dim=1)
 
     @torch.no_grad()
-    def fold_output_affine(self, scale: Tensor, shift: Tensor) -> CopyConv:
+    def fold_output_affine(self, scale: Tensor, shift: Tensor) -> "CopyConv":
         """Fold a per-channel affine of the 2C outputs (a following BatchNorm) into the two fused convs."""
         for name, scale_half, shift_half in zip(("conv_s", "conv_m"), scale.chunk(2), shift.chunk(2), strict=True):
             setattr(self, name, fold_output_affine(getattr(self, name), scale_half, shift_half))

@@ -8,8 +8,6 @@ channels into thirds for 7x7, 5x5 and 3x3 and concatenates them. The shortcut re
 network is a plain chain of convs and activations.
 """
 
-from __future__ import annotations
-
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
@@ -26,7 +24,7 @@ from ..reparam import (
     merge_chunks,
     merge_parallel,
 )
-from .layers import check_input, dwconv
+from .layers import check_input, drop_path_rates, dwconv
 
 __all__ = ["RepNeXtU"]
 
@@ -169,9 +167,9 @@ class RepNeXtU(nn.Module):
         self.downsample_layers = nn.ModuleList([ConvBN(nn.Conv2d(in_chans, dims[0], 4, 4, bias=False), dims[0])])
         for i in range(1, len(dims)):
             self.downsample_layers.append(BNConv(dims[i - 1], nn.Conv2d(dims[i - 1], dims[i], 2, 2)))
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))
+        rates = drop_path_rates(drop_path_rate, depths)
         self.stages = nn.ModuleList([
-            nn.Sequential(*[Block(dim, unit, rate.item()) for rate in stage_rates])
+            nn.Sequential(*[Block(dim, unit, rate) for rate in stage_rates])
             for dim, stage_rates in zip(dims, rates, strict=True)
         ])  # fmt: skip
         self.feature_info = [dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}") for i, dim in enumerate(dims)]

@@ -105,6 +105,22 @@ def test_created_by_pretrained_tag_headless_and_unpooled(tagged):
 
 
 @pytest.mark.parametrize("variant", by_model(MODELS), indirect=True)
+def test_meta_device_build_loads_to_the_model_built_normally(variant):
+    """Built under ``torch.device("meta")`` (no memory, no initialisation: what large-checkpoint loaders do), then
+    given storage and the normally built model's state dict: the same function. ``to_empty`` for a family's first
+    variant, ``load_state_dict(assign=True)`` for the others."""
+    with torch.device("meta"):
+        model = timm.create_model(variant.name).eval()
+    if variant.name in FAMILY_EXAMPLES:
+        model.to_empty(device="cpu")
+    model.load_state_dict(variant.built.state_dict(), strict=True, assign=variant.name not in FAMILY_EXAMPLES)
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), variant.built(x))
+
+
+@pytest.mark.parametrize("variant", by_model(MODELS), indirect=True)
 def test_default_cfg_matches_model(variant):
     model, cfg = variant.built, variant.built.pretrained_cfg
     state = model.state_dict()
@@ -213,6 +229,32 @@ def test_fx_trace(variant):
         graph = torch.fx.symbolic_trace(form)
         with torch.no_grad():
             assert torch.allclose(graph(x), form(x), atol=1e-5)
+
+
+def fx_extractor(model: nn.Module) -> nn.Module:
+    """The model traced as timm's tests trace it (timm's leaf modules and functions): its final output as a dict."""
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    leaves, functions = timm.models.get_notrace_modules(), timm.models.get_notrace_functions()
+    tracer = dict(leaf_modules=leaves, autowrap_functions=functions, param_shapes_constant=True)
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer)
+    return create_feature_extractor(model, train_return_nodes=train_nodes[-1:], eval_return_nodes=eval_nodes[-1:],
+                                    tracer_kwargs=tracer)  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", by_model(FAMILY_EXAMPLES), indirect=True)
+def test_fx_traced_then_scripted_in_train_and_eval(variant):
+    """timm's test_model_forward_fx_torchscript, both forms, in eval and (training form) train mode. Postponed
+    annotations (``from __future__ import annotations``) made FX write ``x : _Tensor_``, which TorchScript cannot
+    resolve; one variant per family, as the variants of a family share every module class."""
+    x = torch.randn(2, 3, 64, 64)
+    for form, modes in ((variant.built, (False, True)), (variant.fused, (False,))):
+        for training in modes:
+            module = copy.deepcopy(form).train(training)
+            scripted = torch.jit.script(fx_extractor(module))
+            with torch.no_grad(), torch.jit.optimized_execution(False):
+                (out,) = scripted(x).values()
+                assert torch.allclose(out, module(x), atol=1e-5), (training, form is variant.fused)
 
 
 @pytest.mark.parametrize("variant", by_model(FAMILY_EXAMPLES), indirect=True)
