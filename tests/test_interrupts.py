@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from repnext.datasets import materialize_dataset
 from repnext.train import LOCK_NAME, LOG_KEYS
 
 ROOT = Path(__file__).parents[1]
@@ -115,9 +116,11 @@ def test_a_run_killed_in_a_notebook_stage_leaves_no_partial_output_and_no_kernel
 def test_a_run_killed_in_a_training_stage_leaves_no_partial_output_and_no_trainer(tmp_path):
     clone = _clone(tmp_path)
     params = yaml.safe_load((clone / "params.yaml").read_text())
-    params["dataset"].update(size=16, train_per_class=2, val_per_class=1)  # a small dataset and a short schedule
+    small = dict(size=16, train_per_class=2, val_per_class=1)  # a small dataset and a short schedule
+    params["dataset"].update(small)
     params["training"].update(epochs=3, img_size=32, batch_size=8, warmup_epochs=0)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    materialize_dataset(params["dataset"]["name"], clone / params["dataset"]["root"], **small)  # the dataset stage's
     runs = list(params["experiments_with_weights"])
     started = [clone / "logs" / "photos" / run / LOCK_NAME for run in runs]
     first_seen = []
@@ -127,7 +130,8 @@ def test_a_run_killed_in_a_training_stage_leaves_no_partial_output_and_no_traine
             first_seen.append(time.monotonic())
         return bool(first_seen) and time.monotonic() > first_seen[0] + 1
 
-    _kill_when(clone, [sys.executable, "-m", "dvc", "repro", "train_weights"], training, tmp_path / "killed.log")
+    dvc = [sys.executable, "-m", "dvc", "repro", "--single-item", "train_weights"]
+    _kill_when(clone, dvc, training, tmp_path / "killed.log")
     _assert_nothing_left_running(clone)
     for run in runs:  # what a killed run leaves is complete: whole log lines, a loadable checkpoint
         log, best = clone / "logs" / "photos" / run / "log.txt", clone / "artifacts" / "checkpoints" / run / "best.pth"
@@ -136,7 +140,7 @@ def test_a_run_killed_in_a_training_stage_leaves_no_partial_output_and_no_traine
         if best.exists():
             assert {"model", "epoch", "args"} <= set(torch.load(best, map_location="cpu", weights_only=True))
     assert _run(clone, sys.executable, "repnext/dvc_lock.py").returncode == 0
-    rerun = _run(clone, sys.executable, "-m", "dvc", "repro", "train_weights")
+    rerun = _run(clone, *dvc)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     status = _run(clone, sys.executable, "-m", "dvc", "status", "train_weights", "--json")
     assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout + status.stderr
