@@ -152,7 +152,6 @@ def test_every_command_check_has_a_bad_value_above():
 def test_a_bad_command_value_is_one_line_naming_it_and_writes_no_stamp(command, section, edited, key, value, message,
                                                                         tmp_path, monkeypatch):  # fmt: skip
     monkeypatch.chdir(ROOT)
-    main(["check-params", command, "--section", section, "-o", str(tmp_path / "good.json")])  # the committed values
     params = {**PARAMS, edited: {**PARAMS[edited], key: value}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     stamp = tmp_path / "stamp.json"
@@ -163,7 +162,13 @@ def test_a_bad_command_value_is_one_line_naming_it_and_writes_no_stamp(command, 
     line = str(raised.value)
     assert line.startswith(f"repnext check-params: {tmp_path / 'params.yaml'}: ") and "\n" not in line
     assert message in line and not stamp.exists()
-    assert json.loads((tmp_path / "good.json").read_text()) == PARAMS[section]
+
+
+@pytest.mark.parametrize(("command", "section"), sorted({(c, s) for c, s, *_ in COMMAND_BAD}))
+def test_the_committed_command_sections_pass_and_write_their_stamp(command, section, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    main(["check-params", command, "--section", section, "-o", str(tmp_path / "stamp.json")])
+    assert json.loads((tmp_path / "stamp.json").read_text()) == PARAMS[section]
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs a git checkout of the repository")
