@@ -125,10 +125,10 @@ def test_a_run_killed_in_a_training_stage_leaves_no_partial_output_and_no_traine
     started = [clone / "logs" / "photos" / run / LOCK_NAME for run in runs]
     first_seen = []
 
-    def training(_pid: int) -> bool:  # a second after the first run took its --out folder
+    def training(_pid: int) -> bool:  # shortly after the first run took its --out folder
         if not first_seen and any(path.exists() for path in started):
             first_seen.append(time.monotonic())
-        return bool(first_seen) and time.monotonic() > first_seen[0] + 1
+        return bool(first_seen) and time.monotonic() > first_seen[0] + 0.3
 
     dvc = [sys.executable, "-m", "dvc", "repro", "--single-item", "train_weights"]
     _kill_when(clone, dvc, training, tmp_path / "killed.log")
