@@ -32,6 +32,7 @@ def cache_dir(root: Path) -> Path:
 
 
 def _md5(path: Path) -> str:
+    """As ``repnext.report.file_md5``, which this file cannot import without loading torch through the package."""
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):

@@ -340,17 +340,18 @@ def _check_experiments(params: Mapping[str, object], section: str, params_file: 
     and runs a forward pass at ``training.img_size`` (an even kernel size builds, then fails on the residual)."""
     import torch
 
+    from .experiments import ExperimentError, train_commands
     from .registry import create_model
     from .train import TrainConfig, parse_model_kwargs
 
     _check_training(params["training"], f"{params_file}: training")
-    side = params["training"].get("img_size", TrainConfig("", "", "").img_size)
     experiments, where = params[section], f"{params_file}: {section}"
+    try:  # the command's own argument checks (each run's keys, the switches), as the stage will make them
+        train_commands(experiments, params["training"], "", "", where=params_file)
+    except ExperimentError as error:
+        raise ValueError(str(error)) from None
+    side = params["training"].get("img_size", TrainConfig("", "", "").img_size)
     for name, item in experiments.items():
-        if not isinstance(item, Mapping) or set(item) - {"model", "model_kwargs"} or "model" not in item:
-            raise ValueError(
-                f"{where}.{name}: got {item!r}; expected {{model: VARIANT, model_kwargs: 'KEY=VALUE ...'}}"
-            )
         problem = KINDS["model"](item["model"], item)
         if problem:
             raise ValueError(f"{where}.{name}.model: got {item['model']!r}; expected {problem}")
