@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from . import progress
+from .export import EXPORT_FORMATS
 from .registry import check_model_name, list_models
 from .tables import FORMATS, Table
 
@@ -351,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export the fused model and verify the artifact against PyTorch")
     export.add_argument("model", help="a repnext variant")
-    export.add_argument("--format", required=True, choices=("onnx", "torchscript", "openvino", "coreml"))
-    export.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .xml + .bin, .mlpackage)")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    export.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .pt2, .xml + .bin, "
+                        ".mlpackage)")  # fmt: skip
     export.add_argument("--weights", "--checkpoint", dest="weights", help="none (default), pretrained, "
                         "hf-hub:ID, a checkpoint or fused TorchScript .pt (path or URL)")  # fmt: skip
     export.add_argument("--num-classes", type=_positive, help="classifier size when the checkpoint is not ImageNet")

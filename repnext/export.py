@@ -1,15 +1,15 @@
-"""Export the fused model to ONNX, TorchScript, OpenVINO IR or Core ML, and verify the artifact against PyTorch.
+"""Export the fused model to ONNX, TorchScript, a ``torch.export`` program, OpenVINO IR or Core ML, and verify the
+artifact against PyTorch.
 
-:func:`export_model` writes each export to a temporary path and moves it into place only after it ran (ONNX Runtime,
-``torch.jit.load``) and matched the PyTorch model on random input within a tolerance, so a failed or
-inaccurate export leaves nothing behind. Core ML models can only be run on macOS; on other systems
+:func:`export_model` writes each export to a temporary path and moves it into place only after it ran (ONNX
+Runtime, ``torch.jit.load``, ``torch.export.load``) and matched the PyTorch model on random input within a tolerance,
+so a failed or inaccurate export leaves nothing behind. Core ML models can only be run on macOS; on other systems
 the conversion is checked by its spec (input and output names and shapes) instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import os
 import shutil
@@ -23,9 +23,21 @@ import torch
 from torch import nn
 
 from .io import write_serialized
+from .runtimes import as_array, missing_package, onnx_session, openvino_request
 
-EXPORT_FORMATS = ("onnx", "torchscript", "openvino", "coreml")
+EXPORT_FORMATS = ("onnx", "torchscript", "exported-program", "openvino", "coreml")
+# Formats whose loaders go by the file name: the suffix, and what to say when it is another.
+SUFFIXES = {
+    "openvino": (".xml", "an OpenVINO IR is named .xml (its weights go to the .bin beside it)"),
+    "exported-program": (".pt2", "an exported program is named .pt2 (the archive torch.export.load reads)"),
+}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+MAX_BATCH = 1024  # the dynamic batch axis' upper bound, for the exporters that need one
+
+
+def batch_dim() -> torch.export.Dim:
+    """The symbolic batch size of every dynamic-batch export."""
+    return torch.export.Dim("batch", min=1, max=MAX_BATCH)
 
 
 class ExportError(RuntimeError):
@@ -49,7 +61,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
     the example's size, so RecNeXt's interpolation sizes become constants of the graph.
     """
     path = Path(path)
-    batch = torch.export.Dim("batch", min=1, max=1024)
     # The exporter narrates each step on stdout and as warnings; tables printed by the CLI stay clean.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -59,7 +70,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=({0: batch_dim()},),
             opset_version=opset,
             verbose=False,
         )
@@ -74,6 +85,26 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, example: torch
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # input-shape checks become constants
         traced = torch.jit.trace(model.eval(), example)
     write_serialized(path, lambda buffer: torch.jit.save(traced, buffer))
+    return path
+
+
+def exported_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``model`` with a dynamic batch axis; ``example`` is ``[B, 3, H, W]`` with B >= 2.
+
+    torch.export specializes sizes 0 and 1, so a batch of one would fix the axis; H and W stay fixed to the
+    example's (RecNeXt's resampling sizes follow from them).
+    """
+    if example.shape[0] < 2:
+        raise ValueError(f"trace a dynamic batch on an example of 2 or more images, got {list(example.shape)}")
+    with torch.no_grad():
+        return torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch_dim()},))
+
+
+def export_exported_program(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
+    """Save :func:`exported_program` of ``model`` as a ``.pt2`` archive (``torch.export.save``)."""
+    path = Path(path)
+    program = exported_program(model, example)
+    write_serialized(path, lambda buffer: torch.export.save(program, buffer))
     return path
 
 
@@ -116,8 +147,6 @@ def _max_abs(ours: np.ndarray, reference: torch.Tensor) -> float:
 
 def verify_onnx(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
     """Max abs difference between ONNX Runtime and PyTorch on ``inputs``."""
-    from .analysis.latency.backends import onnx_session
-
     session = onnx_session(path, threads=torch.get_num_threads())
     (output,) = session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})
     with torch.no_grad():
@@ -126,8 +155,6 @@ def verify_onnx(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
 
 def verify_openvino(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
     """Max abs difference between the OpenVINO IR (CPU, float32) and PyTorch on ``inputs``."""
-    from .analysis.latency.backends import as_array, openvino_request
-
     output = as_array(openvino_request(path, threads=torch.get_num_threads()).infer({0: inputs.numpy()}))
     with torch.no_grad():
         return _max_abs(output, model(inputs))
@@ -138,6 +165,13 @@ def verify_torchscript(path: Path, model: nn.Module, inputs: torch.Tensor) -> fl
     loaded = torch.jit.load(str(path))
     with torch.no_grad():
         return _max_abs(loaded(inputs).numpy(), model(inputs))
+
+
+def verify_exported_program(path: Path, model: nn.Module, *inputs: torch.Tensor) -> float:
+    """Largest max abs difference between the saved ``.pt2`` program, reloaded, and PyTorch over ``inputs``."""
+    program = torch.export.load(str(path)).module()
+    with torch.no_grad():
+        return max(_max_abs(program(x).numpy(), model(x)) for x in inputs)
 
 
 def check_coreml_spec(path: Path, example: torch.Tensor, num_outputs: int) -> str:
@@ -163,14 +197,15 @@ def export_model(
 ) -> ExportReport:
     """Export ``model`` (in eval mode, already fused if wanted) as ``fmt`` to ``output`` and verify it.
 
-    ONNX and TorchScript are run on a random ``[2, 3, resolution, resolution]`` batch (ONNX exported
-    at batch 1, so the dynamic batch axis is exercised) and must agree with PyTorch within
-    ``tolerance`` (max abs); otherwise nothing is left at ``output`` and :class:`ExportError` is raised.
+    ONNX, OpenVINO and TorchScript are run on a random ``[2, 3, resolution, resolution]`` batch (ONNX exported
+    at batch 1, so the dynamic batch axis is exercised), an exported program (traced at batch 2) on batches of 1
+    and 3; each must agree with PyTorch within ``tolerance`` (max abs); otherwise nothing is left at ``output``
+    and :class:`ExportError` is raised.
     """
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    if fmt == "openvino" and Path(output).suffix != ".xml":
-        raise ExportError(f"{output}: an OpenVINO IR is named .xml (its weights go to the .bin beside it)")
+    if fmt in SUFFIXES and Path(output).suffix != SUFFIXES[fmt][0]:
+        raise ExportError(f"{output}: {SUFFIXES[fmt][1]}")
     model = model.eval()
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(1, 3, resolution, resolution, generator=generator)
@@ -194,10 +229,14 @@ def export_model(
                 _require("openvino", "onnx")
                 export_openvino(model, staged, example)
                 error = verify_openvino(staged, model, batch)
+            elif fmt == "exported-program":
+                export_exported_program(model, staged, batch)
+                error = verify_exported_program(staged, model, example, torch.cat([example, batch]))
             else:
                 export_torchscript(model, staged, example)
                 error = verify_torchscript(staged, model, batch)
-            checked = f"max abs error {error:.3g} on a random batch of 2 (tolerance {tolerance:g})"
+            sizes = "random batches of 1 and 3" if fmt == "exported-program" else "a random batch of 2"
+            checked = f"max abs error {error:.3g} on {sizes} (tolerance {tolerance:g})"
             if not error <= tolerance:
                 raise ExportError(f"{fmt} export differs from PyTorch by {error:.3g} (> tolerance {tolerance:g})")
         if output.is_dir():
@@ -208,16 +247,6 @@ def export_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportReport(output, fmt, error, checked)
-
-
-def missing_package(*packages: str) -> str | None:
-    """The first of ``packages`` (optional dependencies, e.g. the ``export`` extra) that cannot be imported."""
-    for package in packages:
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            return package
-    return None
 
 
 def _require(*packages: str) -> None:

@@ -221,6 +221,7 @@ KINDS: dict[str, Check] = {
     "fraction": _fraction,
     "positive ints": _list_of(_positive_int, "positive integers"),
     "non-negative ints": _list_of(_non_negative_int, "non-negative integers"),
+    "size": _size,
     "sizes": _list_of(_size, "[H, W] pairs of positive integers"),
     "stage": _stage,
     "block": _block,

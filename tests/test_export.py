@@ -5,7 +5,7 @@ import torch
 
 from repnext import reparameterize
 from repnext.cli import main
-from repnext.export import ExportError, export_model
+from repnext.export import ExportError, export_model, exported_program
 from repnext.registry import create_model
 
 
@@ -36,6 +36,19 @@ def test_openvino_export_writes_the_ir_and_its_weights(small_net, tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
     with pytest.raises(ExportError, match=r"m\.ir: an OpenVINO IR is named \.xml"):
         export_model(small_net, "openvino", tmp_path / "m.ir", resolution=32)
+
+
+def test_exported_program_is_written_reloaded_and_takes_any_batch(fused_recnext, tmp_path, capsys):
+    main(["export", "recnext_m0", "--format", "exported-program", "--resolution", "32", "--num-classes", "10",
+          "-o", str(tmp_path / "m0.pt2")])  # fmt: skip
+    assert "max abs error 0 on random batches of 1 and 3" in capsys.readouterr().out  # the same kernels run
+    assert [p.name for p in tmp_path.iterdir()] == ["m0.pt2"]
+    program = torch.export.load(str(tmp_path / "m0.pt2")).module()
+    assert program(torch.randn(5, 3, 32, 32)).shape == (5, 10)
+    with pytest.raises(ExportError, match=r"m0\.pt: an exported program is named \.pt2"):
+        export_model(fused_recnext, "exported-program", tmp_path / "m0.pt", resolution=32)
+    with pytest.raises(ValueError, match=r"on an example of 2 or more images, got \[1, 3, 32, 32\]"):
+        exported_program(fused_recnext, torch.randn(1, 3, 32, 32))  # torch.export would fix the batch at 1
 
 
 def test_torchscript_export_via_cli_with_a_checkpoint(tmp_path, capsys):

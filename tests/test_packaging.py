@@ -92,3 +92,40 @@ def test_ci_runs_the_readme_test_command():
     assert repro == "make repro" and test == "make test"
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test in ci_lines
+
+
+def _imports(root: Path) -> dict[str, set[str]]:
+    """``{module: modules of the package it imports}``, read from the source (function-level imports too)."""
+    import ast
+
+    modules = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in root.rglob("*.py")}  # fmt: skip
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(root.name)):
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]) if node.level else ""
+                stem = ".".join(part for part in (base, node.module or "") if part)
+                for alias in node.names:  # `from . import progress` imports the submodule, not the package
+                    targets.add(f"{stem}.{alias.name}" if f"{stem}.{alias.name}" in modules else stem)
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names if alias.name in modules}
+        graph[name] = targets - {name}
+    return graph
+
+
+def test_the_package_has_no_import_cycle():
+    graph = _imports(ROOT / "repnext")
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        for target in sorted(graph.get(name, ())):
+            assert target not in path, "import cycle: " + " -> ".join([*path[path.index(target) :], target])
+            if target not in done:
+                visit(target, [*path, target])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [name])

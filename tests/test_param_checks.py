@@ -67,6 +67,7 @@ def test_the_committed_and_reduced_parameters_pass(notebook, section, monkeypatc
 BAD = [
     ("model_stats", "resolution", 0, "expected a positive integer"),
     ("reparam_check", "resolutions", [[64]], "item 0 ([64]) is not an [H, W] pair of positive integers"),
+    ("export_check", "resolution", [224], "expected an [H, W] pair of positive integers"),
     ("latency", "backends", ["eager", "tensorrt"], "expected a non-empty list of backends (eager, "),
     ("accuracy_latency", "latency_table", "artifacts/tables/missing.csv", "expected an existing file"),
     ("feature_maps.settings.recnext_m0", "block", 7, "expected a block index of stage 0 of recnext_m0 (0 to 1)"),

@@ -28,7 +28,7 @@ SUMMARY_COLUMNS = (
 )  # fmt: skip
 MEASURED_COLUMNS = ("model", "family", "distillation", "top1", "latency_ms", "backend", "source")
 
-_STYLE = {  # family -> (colour, marker); ours drawn last and on top
+STYLE = {  # family -> (colour, marker); ours drawn last and on top
     "MobileViG": ("#0c5da5", "*"), "FastViT": ("#00b945", "p"), "EfficientFormerV2": ("#5580b0", "H"),
     "EfficientFormer": ("#17becf", "P"), "SwiftFormer": ("#2ca02c", "X"), "RepViT": ("#377e7f", "o"),
     "MobileOne": ("#bcbd22", "x"), "StarNet": ("#333333", "."), "RecNeXt-M": ("#9467bd", "D"),
@@ -139,7 +139,7 @@ def _draw(ax, frame: pd.DataFrame, x: str, label_points: bool) -> tuple[list, li
     points: tuple[list, list, list, list] = ([], [], [], [])
     families = sorted(frame.family.unique(), key=lambda f: (f in _OURS, f))
     for family in families:
-        colour, marker = _STYLE.get(family, ("#7f7f7f", "o"))
+        colour, marker = STYLE.get(family, ("#7f7f7f", "o"))
         label = family  # one legend entry per family, on its first line
         for distillation, dashes in ((True, "-"), (False, "--")):
             part = frame[(frame.family == family) & (frame.distillation == distillation)].sort_values(x)

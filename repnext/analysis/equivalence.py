@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..export import exported_program
 from ..progress import bar
 from ..registry import create_model
 from ..reparam import has_single_branch_form, reparameterize
@@ -108,3 +109,44 @@ def reparam_check(
     columns = ["model", "form", "dtype", "resolution", "max_abs_err", "max_rel_err", "tolerance", "passed"]
     floats = dict(max_abs_err=".0e", max_rel_err=".0e", tolerance=".0e")
     return Table(columns, rows, floats=floats, sort_by=("model", "form", "dtype", "resolution"))
+
+
+def exported_program_check(
+    names: list[str],
+    resolution: tuple[int, int] = (224, 224),
+    batch_sizes: tuple[int, ...] = (1, 3),
+    tolerance: float = TOLERANCES["float32"],
+    seed: int = 0,
+    progress: bool = False,
+) -> Table:
+    """The fused form of each variant (random weights and BatchNorm statistics) through ``torch.export``: traced on
+    a ``[2, 3, H, W]`` example with the batch axis dynamic (H, W fixed), then run on a batch of each of
+    ``batch_sizes`` against the module.
+
+    Columns: ``model, resolution, batch_sizes, max_abs_err, max_rel_err, tolerance, passed, error`` (``error``:
+    the exporter's message in one line where the export failed, else empty).
+    """
+    height, width = resolution
+    rows = []
+    for name in bar(names, "export", progress, len(names)):
+        torch.manual_seed(seed)
+        fused = fuse_without_batchnorm(randomize_batchnorm(create_model(name), seed=seed).eval())
+        generator = torch.Generator().manual_seed(seed)
+        example, *inputs = (torch.randn(n, 3, height, width, generator=generator) for n in (2, *batch_sizes))
+        row = dict(model=name, resolution=f"{height}x{width}", batch_sizes=" ".join(map(str, batch_sizes)),
+                   tolerance=tolerance)  # fmt: skip
+        try:
+            program = exported_program(fused, example).module()
+        except Exception as error:  # the table, not a traceback, says which variant failed and why
+            message = " ".join(str(error).split())
+            rows.append({**row, "max_abs_err": None, "max_rel_err": None, "passed": False,
+                         "error": f"{type(error).__name__}: {message[:300]}"})  # fmt: skip
+            continue
+        with torch.no_grad():
+            agreements = [compare_outputs(fused(x), program(x)) for x in inputs]
+        worst = Agreement(max(a.max_abs for a in agreements), max(a.max_rel for a in agreements))
+        rows.append({**row, "max_abs_err": worst.max_abs, "max_rel_err": worst.max_rel,
+                     "passed": worst.max_rel <= tolerance, "error": ""})  # fmt: skip
+    columns = ["model", "resolution", "batch_sizes", "max_abs_err", "max_rel_err", "tolerance", "passed", "error"]
+    floats = dict(max_abs_err=".0e", max_rel_err=".0e", tolerance=".0e")
+    return Table(columns, rows, floats=floats, sort_by=("model",))

@@ -108,15 +108,15 @@ def test_an_onnxruntime_worker_gives_all_its_sessions_one_pool(tmp_path):
         pytest.skip(reason)
     code = (
         "import pathlib, sys\n"
-        "from repnext.analysis.latency.backends import BenchmarkError, onnx_session, prepare_gemm, "
-        "share_onnxruntime_pool\n"
+        "from repnext.analysis.latency.backends import prepare_gemm\n"
+        "from repnext.runtimes import RuntimeSetupError, onnx_session, share_onnxruntime_pool\n"
         "work = pathlib.Path(sys.argv[1])\n"
         "prepare_gemm('onnxruntime', 8, 1, work)  # writes gemm8.onnx\n"
         "assert onnx_session(work / 'gemm8.onnx', 1).get_session_options().use_per_session_threads\n"
         "share_onnxruntime_pool(1)\n"
         "sessions = [onnx_session(work / 'gemm8.onnx', 1) for _ in range(2)]\n"
         "assert not any(s.get_session_options().use_per_session_threads for s in sessions)\n"
-        "try:\n    share_onnxruntime_pool(2)\nexcept BenchmarkError as error:\n    print(error)\n"
+        "try:\n    share_onnxruntime_pool(2)\nexcept RuntimeSetupError as error:\n    print(error)\n"
     )
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

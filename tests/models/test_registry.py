@@ -1,7 +1,7 @@
 """Every registered variant, in timm's manner (timm's tests/test_models.py contract): creation by every
 pretrained tag, default cfgs that match the model, heads and pooling, features, TorchScript and FX of the
-training and fused forms, and exact fusion. Each variant is built, fused and scripted once (``variant``), and
-every test of one variant runs in the same xdist worker (``by_model``)."""
+training and fused forms, torch.export of the fused form, and exact fusion. Each variant is built, fused and
+scripted once (``variant``), and every test of one variant runs in the same xdist worker (``by_model``)."""
 
 import copy
 import functools
@@ -10,24 +10,29 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import timm
 import torch
+import yaml
 from timm.models import get_arch_pretrained_cfgs
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import repnext
 from repnext.analysis.equivalence import TOLERANCES, compare_outputs, randomize_batchnorm
+from repnext.export import exported_program
 
 MODELS = repnext.list_models()
 TAGGED = [name for model in MODELS for name in get_arch_pretrained_cfgs(model)]
-UPSTREAM = json.loads((Path(__file__).parents[1] / "data" / "upstream_state_dicts.json").read_text())
+ROOT = Path(__file__).parents[2]
+UPSTREAM = json.loads((ROOT / "tests" / "data" / "upstream_state_dicts.json").read_text())
 FAMILY_EXAMPLES = ["repnext_m0", "recnext_m0", "recnext_a0", "recnext_t_share_channel", "repnext_u1_tiny"]
-# Two sizes per family, one non-square, small enough for the suite's budget on two cores (RecNeXt's deepest
-# RecConv level still sees a map of 2x2 or more at both); the
-# papers' 224x224 (and 160x192) is checked for every variant by the pipeline's reparam_check stage.
-DEFAULT_SIZES = [(96, 96), (80, 112)]
+# Two sizes per family, one non-square with odd maps in the late stages, small enough for the suite's budget on
+# two cores (RepNeXt's first stage sees every tap of its largest kernel; RecNeXt's deepest RecConv level still
+# sees a map of 2x2 or more); the papers' 224x224 (and 160x192) is checked for every variant by the pipeline's
+# reparam_check stage.
+DEFAULT_SIZES = [(64, 64), (48, 80)]
 SIZES = {"recnext": [(96, 96), (80, 128)], "recnext_tsb": [(128, 128), (96, 160)], "repnext_u": [(32, 32), (64, 96)]}
 
 
@@ -158,18 +163,19 @@ def test_reset_classifier(variant):
 
 @pytest.mark.parametrize("variant", by_model(MODELS), indirect=True)
 def test_fusion_is_exact_and_complete(variant):
-    """Fused in each dtype (fusion arithmetic is part of the test); the single-branch form, where there is one,
-    merged in place from the fused form, as ``reparameterize(single_branch=True)`` merges after fusing."""
+    """Fused in each dtype (fusion arithmetic is part of the test: float32 is the shared ``variant.fused``); the
+    single-branch form, where there is one, merged from the fused form, as ``reparameterize(single_branch=True)``
+    merges after fusing."""
     model, merge = variant.built, repnext.reparam.has_single_branch_form(variant.built)
     for dtype in (torch.float64, torch.float32):
         source = copy.deepcopy(model).to(dtype) if dtype != torch.float32 else model
         inputs = [torch.randn(1, 3, *size, dtype=dtype) for size in SIZES.get(family(variant.name), DEFAULT_SIZES)]
         with torch.no_grad():  # batch 1: BatchNorm runs in eval, per sample
             expected = [source(x) for x in inputs]
-        form = repnext.reparameterize(source, inplace=source is not model)  # the shared float32 model stays intact
+        form = variant.fused if source is model else repnext.reparameterize(source, inplace=True)
         for single_branch in (False, True) if merge else (False,):
-            if single_branch:
-                form = repnext.reparameterize(form, inplace=True, single_branch=True)
+            if single_branch:  # the shared fused form stays intact
+                form = repnext.reparameterize(form, inplace=form is not variant.fused, single_branch=True)
             assert not any(isinstance(m, _BatchNorm) for m in form.modules())
             for x, reference in zip(inputs, expected, strict=True):
                 with torch.no_grad():
@@ -245,17 +251,24 @@ def fx_extractor(model: nn.Module) -> nn.Module:
 
 @pytest.mark.parametrize("variant", by_model(FAMILY_EXAMPLES), indirect=True)
 def test_fx_traced_then_scripted_in_train_and_eval(variant):
-    """timm's test_model_forward_fx_torchscript, both forms, in eval and (training form) train mode. Postponed
-    annotations (``from __future__ import annotations``) made FX write ``x : _Tensor_``, which TorchScript cannot
-    resolve; one variant per family, as the variants of a family share every module class."""
+    """timm's test_model_forward_fx_torchscript, both forms, in eval and (training form) train mode, and its
+    test_model_backward_fx (every parameter of the traced training form gets a gradient). Postponed annotations
+    (``from __future__ import annotations``) made FX write ``x : _Tensor_``, which TorchScript cannot resolve; one
+    variant per family, as the variants of a family share every module class."""
     x = torch.randn(2, 3, 64, 64)
+    extractors = {}
     for form, modes in ((variant.built, (False, True)), (variant.fused, (False,))):
+        module = copy.deepcopy(form)
+        extractors[form] = fx_extractor(module)  # traced in both modes; train() picks the graph
         for training in modes:
-            module = copy.deepcopy(form).train(training)
-            scripted = torch.jit.script(fx_extractor(module))
+            scripted = torch.jit.script(extractors[form].train(training))
             with torch.no_grad(), torch.jit.optimized_execution(False):
                 (out,) = scripted(x).values()
-                assert torch.allclose(out, module(x), atol=1e-5), (training, form is variant.fused)
+                assert torch.allclose(out, module.train(training)(x), atol=1e-5), (training, form is variant.fused)
+    training_form = extractors[variant.built].train(True)
+    (out,) = training_form(x).values()
+    (out * torch.randn_like(out)).sum().backward()
+    assert not [name for name, p in training_form.named_parameters() if p.grad is None]
 
 
 @pytest.mark.parametrize("variant", by_model(FAMILY_EXAMPLES), indirect=True)
@@ -292,3 +305,24 @@ def test_wrong_input_channels_fail_before_compute(variant):
     with pytest.raises(ValueError, match=r"expected input of shape \[B, 3, H, W\], got \[1, 1, 64, 64\]"):
         variant.built(torch.randn(1, 1, 64, 64))
     assert timm.create_model(variant.name, in_chans=1).eval()(torch.randn(1, 1, 64, 64)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("variant", by_model(FAMILY_EXAMPLES), indirect=True)
+def test_fused_form_exports_with_a_dynamic_batch(variant):
+    """One variant per family here (an export takes 1-2 s); every variant at 224x224 in the export_check stage."""
+    size = SIZES.get(family(variant.name), DEFAULT_SIZES)[0]
+    program = exported_program(variant.fused, torch.randn(2, 3, *size)).module()
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, *size)
+        with torch.no_grad():
+            assert torch.equal(program(x), variant.fused(x)), batch  # the program runs the module's own kernels
+
+
+def test_every_variant_exports_in_the_export_check_table():
+    """The export_check stage exports every registered variant; dvc status (tests/test_pipeline.py) keeps its
+    table current with the models and repnext/export.py."""
+    section = yaml.safe_load((ROOT / "params.yaml").read_text())["export_check"]
+    table = pd.read_csv(ROOT / f"{section['table_stem']}.csv", keep_default_na=False)
+    assert sorted(section["models"]) == sorted(MODELS) == sorted(table["model"])
+    failed = table[table["passed"].astype(str).str.lower() != "true"]
+    assert failed.empty, failed[["model", "error"]].to_string()

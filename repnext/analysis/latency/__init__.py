@@ -47,8 +47,6 @@ from .backends import (
     check_device,
     check_timm_model,
     missing_requirement,
-    onnx_session,
-    openvino_request,
 )
 from .bench import LATENCY_COLUMNS, PEAK_COLUMNS, THROUGHPUT_COLUMNS, BenchResult, benchmark, describe_peak, machine
 from .timing import spread, time_interleaved
@@ -56,5 +54,5 @@ from .timing import spread, time_interleaved
 __all__ = [
     "BACKENDS", "FORMS", "LATENCY_COLUMNS", "PEAK_COLUMNS", "THROUGHPUT_COLUMNS", "BenchResult", "BenchmarkError",
     "benchmark", "build_model", "check_backend", "check_device", "check_timm_model", "describe_peak", "machine",
-    "missing_requirement", "onnx_session", "openvino_request", "spread", "time_interleaved",
+    "missing_requirement", "spread", "time_interleaved",
 ]  # fmt: skip

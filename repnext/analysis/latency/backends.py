@@ -20,6 +20,7 @@ from torch import nn
 
 from ...registry import list_models
 from ...reparam import reparameterize
+from ...runtimes import CPU, missing_package, onnx_session, openvino_request
 
 BACKENDS = ("eager", "channels_last", "torchscript", "onnxruntime", "openvino", "compile")
 FORMS = ("unfused", "fused")
@@ -27,8 +28,6 @@ TORCH_BACKENDS = frozenset({"eager", "channels_last", "torchscript", "compile"})
 ONNX_BACKENDS = frozenset({"onnxruntime", "openvino"})
 PEAK_BACKENDS = ("eager", "onnxruntime", "openvino")  # float32 GEMM of torch, ONNX Runtime and OpenVINO
 _PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
-CPU = torch.device("cpu")
-_SHARED_ORT_POOL: dict[str, int] = {}  # {"threads": n} once this process's ONNX Runtime sessions share one pool
 
 
 class BenchmarkError(RuntimeError):
@@ -53,8 +52,6 @@ def missing_requirement(backend: str) -> str | None:
 
     An unknown name is an error, not a missing requirement.
     """
-    from ...export import missing_package
-
     if backend not in BACKENDS:
         raise BenchmarkError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if package := missing_package(*_PACKAGES.get(backend, ())):
@@ -178,63 +175,6 @@ def prepare_onnx(path: Path, backend: str, array: np.ndarray, threads: int, devi
         raise BenchmarkError("backend 'openvino' runs on the CPU here; use --device cpu")
     request = openvino_request(path, threads)
     return lambda: request.infer({0: array}, share_inputs=True)
-
-
-def share_onnxruntime_pool(threads: int) -> None:
-    """Make every later ONNX Runtime session of this process use one intra-op pool of ``threads`` threads.
-
-    A latency worker calls it first: with a pool per session, a session's threads keep spinning after its
-    call and took the cores from the next session's, which then ran 2x slower (RepNeXt-M1 19.5 -> 41 ms
-    right after three other sessions; 20.2 ms with one shared pool). Once set, it holds for the process.
-    """
-    from onnxruntime.capi._pybind_state import set_global_thread_pool_sizes
-
-    if _SHARED_ORT_POOL.get("threads", threads) != threads:
-        raise BenchmarkError(f"ONNX Runtime's shared pool has {_SHARED_ORT_POOL['threads']} threads, not {threads}")
-    if not _SHARED_ORT_POOL:
-        set_global_thread_pool_sizes(threads, 1)
-        _SHARED_ORT_POOL["threads"] = threads
-
-
-def onnx_session(path: str | Path, threads: int, device: torch.device = CPU):
-    """An ONNX Runtime session with full graph optimization and ``threads`` intra-op threads (the process's
-    shared pool after :func:`share_onnxruntime_pool`)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if _SHARED_ORT_POOL:
-        options.use_per_session_threads = False
-    else:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: ORT warns about every unused initializer otherwise
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise BenchmarkError("onnxruntime here has no CUDA provider (install onnxruntime-gpu)")
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), options, providers=providers)
-
-
-def openvino_request(path: str | Path, threads: int):
-    """An OpenVINO CPU infer request for a model file (ONNX or IR): latency hint, float32, ``threads`` threads."""
-    import openvino as ov
-
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
-    return ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
-
-
-def as_array(result: object) -> np.ndarray:
-    """The first output of any backend's call as a float64 array: a tensor, a list (ONNX Runtime) or a dict."""
-    if isinstance(result, torch.Tensor):
-        return result.detach().cpu().double().numpy()
-    if isinstance(result, dict) or hasattr(result, "values"):
-        result = list(result.values())
-    if isinstance(result, (list, tuple)):
-        result = result[0]
-    return np.asarray(getattr(result, "data", result), dtype=np.float64)
 
 
 def _no_grad(fn: Callable[[torch.Tensor], object], inputs: torch.Tensor) -> Callable[[], object]:

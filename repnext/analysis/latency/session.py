@@ -15,9 +15,9 @@ import torch
 
 from ...distributed import runtime
 from ...errors import one_line
+from ...runtimes import as_array
 from .backends import (
     TORCH_BACKENDS,
-    as_array,
     build_model,
     export_for_timing,
     fuse_model,

@@ -193,7 +193,7 @@ def _serve(conn, backend: str, threads: int, device: str, workdir: str) -> None:
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
     from ...errors import one_line
-    from .backends import share_onnxruntime_pool
+    from ...runtimes import share_onnxruntime_pool
     from .session import Session
 
     if backend == "onnxruntime":  # one pool for all its sessions: a pool per session spins beside the next one
