@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from repnext.cli import main
+from repnext.datasets import materialize_dataset
 from repnext.registry import create_model
 
 ROOT = Path(__file__).parents[1]
@@ -69,10 +70,11 @@ def test_publish_to_a_full_disk(folder, tmp_path):
     assert _files(folder) == []
 
 
-def test_train_to_a_full_disk(folder):
+def test_train_to_a_full_disk(folder, tmp_path):
+    data = materialize_dataset("builtin:photos", tmp_path / "photos", size=16, train_per_class=2, val_per_class=1)
     out = folder / "run"
-    _one_line(["train", "repnext_m0", "--data", "builtin:photos", "--epochs", "1", "--img-size", "32",
-               "--batch-size", "64", "--out", str(out)], out)  # fmt: skip
+    _one_line(["train", "repnext_m0", "--data", str(data), "--epochs", "1", "--img-size", "32", "--batch-size", "8",
+               "--out", str(out)], out)  # fmt: skip
     # Only complete files: at most the log of the finished epoch (resume drops rows past the last checkpoint).
     assert set(_files(folder)) <= {"run", "run/log.txt"}
     assert not any(p.name.endswith(".tmp") or p.name.startswith(".") for p in folder.rglob("*"))
