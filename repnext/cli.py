@@ -330,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     forms = bench.add_mutually_exclusive_group()
     forms.add_argument("--fused", dest="forms", action="store_const", const=["fused"], help="fused form only")
     forms.add_argument("--unfused", dest="forms", action="store_const", const=["unfused"], help="training form only")
+    forms.add_argument("--form", dest="forms", action="append", choices=("unfused", "fused", "single_branch"),
+                       help="repeatable; single_branch: RepNeXt's fused form with one kxk conv per mixer")  # fmt: skip
     bench.add_argument("--backend", dest="backends", action="append", metavar="NAME", help="repeatable; "
                        "eager (default), channels_last, torchscript, onnxruntime, openvino, compile")  # fmt: skip
     bench.add_argument("--weights", help="for repnext variants: pretrained, hf-hub:ID, a checkpoint or fused "

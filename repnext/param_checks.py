@@ -203,6 +203,13 @@ def _backend_list(value, section):
     return None if ok else f"a non-empty list of backends ({', '.join(allowed)})"
 
 
+def _form_list(value, _):
+    from .analysis.latency import FORMS
+
+    ok = isinstance(value, list) and value and all(isinstance(v, str) and v in FORMS for v in value)
+    return None if ok else f"a non-empty list of forms ({', '.join(FORMS)})"
+
+
 def _builtin_dataset(value, _):
     from .datasets import BUILTIN_DATASETS, BUILTIN_PREFIX
 
@@ -228,6 +235,7 @@ KINDS: dict[str, Check] = {
     "dtypes": _list_of(_choice(lambda: list(DTYPES), "a dtype"), f"dtypes ({', '.join(DTYPES)})"),
     "devices": _list_of(_choice(lambda: ["cpu", "cuda"], "a device"), "devices (cpu, cuda)"),
     "backends": _backend_list,
+    "forms": _form_list,
     "input file": _input_file,
     "input file or null": _optional(_input_file, "an existing file"),
     "input dir": _input_dir,

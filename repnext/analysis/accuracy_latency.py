@@ -110,6 +110,29 @@ def summarize_latency(runs: pd.DataFrame) -> Table:
     return Table(SUMMARY_COLUMNS, rows, floats, sort_by=("family", "macs_g", "model"))
 
 
+FORMS_COLUMNS = ("model", "runtime", "fused_ms", "fastest_form", "fastest_layout", "fastest_ms", "speedup")
+_RUNTIMES = {"eager": ("torch", "NCHW"), "channels_last": ("torch", "NHWC")}  # other backends: their own, as given
+
+
+def summarize_forms(runs: pd.DataFrame) -> Table:
+    """Per model and runtime, the fastest verified inference form: the fused form or RepNeXt's single-branch form,
+    and for torch eager the memory layout (``eager`` is NCHW, ``channels_last`` NHWC); ``fused_ms`` is the fused
+    form in the runtime's default layout, ``speedup`` its time over the fastest's. ONNX Runtime and OpenVINO pick
+    their layouts themselves (``fastest_layout`` empty)."""
+    runs = runs[runs.form.isin(["fused", "single_branch"]) & runs.status.eq("ok")]
+    runs = runs.assign(runtime=[_RUNTIMES.get(b, (b, ""))[0] for b in runs.backend],
+                       layout=[_RUNTIMES.get(b, (b, ""))[1] for b in runs.backend])  # fmt: skip
+    rows = []
+    for (model, runtime), group in runs.groupby(["model", "runtime"], sort=True):
+        default = group[(group.form == "fused") & group.layout.isin(["NCHW", ""])]
+        best = group.sort_values(["median_ms", "form", "layout"]).iloc[0]
+        fused_ms = default.median_ms.iloc[0] if len(default) else None
+        rows.append(dict(model=model, runtime=runtime, fused_ms=fused_ms, fastest_form=best.form,
+                         fastest_layout=best.layout, fastest_ms=best.median_ms,
+                         speedup=fused_ms / best.median_ms if fused_ms else None))  # fmt: skip
+    return Table(FORMS_COLUMNS, rows, dict(fused_ms=".2f", fastest_ms=".2f", speedup=".2f"), ("model", "runtime"))
+
+
 def measured_accuracy_latency(summary: pd.DataFrame) -> Table:
     """Published top-1 (with and without distillation, where published) against the fastest fused
     latency measured here, for every model of ``summary`` (a :func:`summarize_latency` table)."""

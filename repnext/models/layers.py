@@ -36,6 +36,23 @@ def dwconv(channels: int, kernel_size: int | tuple[int, int], stride: int | tupl
                      bias=bias)  # fmt: skip
 
 
+class ChannelShuffle(nn.Module):
+    """``nn.ChannelShuffle(groups)`` as a view, a transpose and a reshape: the same permutation of channels
+    ``[B, C, H, W]``, which ONNX exports as Reshape/Transpose (``aten::channel_shuffle`` has no ONNX symbolic)."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, channels, height, width = x.shape
+        grouped = x.view(batch, self.groups, channels // self.groups, height, width)
+        return grouped.transpose(1, 2).reshape(batch, channels, height, width)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
 class ConvNorm(nn.Sequential):
     """Conv2d (no bias unless ``bias``) followed by BatchNorm2d; ``fuse()`` folds them into one Conv2d."""
 

@@ -28,7 +28,7 @@ from ..reparam import (
     merge_separable,
     reparameterize,
 )
-from .layers import dwconv
+from .layers import ChannelShuffle, dwconv
 from .metanext import MetaNeXt
 
 __all__ = ["RepNeXt"]
@@ -158,7 +158,7 @@ class CopyConv(nn.Module):
         weight, bias = merge_copies([_kernel(self.conv_s), _kernel(self.conv_m)])
         channels = self.conv_s.in_channels
         conv = conv_from_kernel(weight, bias, stride=2, groups=channels)
-        return nn.Sequential(conv, nn.ChannelShuffle(channels))
+        return nn.Sequential(conv, ChannelShuffle(channels))
 
 
 def _single_branch_mixer(channels: int, stage: int) -> nn.Conv2d:

@@ -22,6 +22,7 @@ from repnext.analysis.accuracy_latency import (
     measured_accuracy_latency,
     published_accuracy_latency,
     published_recnext,
+    summarize_forms,
     summarize_latency,
 )
 from repnext.analysis.latency import (
@@ -76,7 +77,8 @@ def test_rows_carry_median_spread_and_fraction_of_the_measured_peak():
     result = _run()
     rows = {(r["form"], r["backend"]): r for r in result.latency.rows if r["model"] == "repnext_m0"}
     backends = ["eager", "torchscript", "onnxruntime"] + ([] if OPENVINO else ["openvino"])
-    assert set(rows) == {("unfused", "eager")} | {("fused", b) for b in backends}
+    assert set(rows) == {("unfused", "eager")} | {(f, b) for f in ("fused", "single_branch") for b in backends}
+    assert not any(r["form"] == "single_branch" for r in result.latency.rows if r["model"] == "starnet_s050")
     assert all(row["macs_g"] == GIVEN_MACS / 1e9 for row in rows.values())  # given, not counted again
     gemms = [r for r in result.peaks.rows if r["kernel"] == "gemm"]
     assert {r["backend"] for r in gemms} >= {"eager", "onnxruntime"} and result.copy_gb_per_s > 0
@@ -87,6 +89,7 @@ def test_rows_carry_median_spread_and_fraction_of_the_measured_peak():
         assert math.isclose(row["gmacs_per_s"], row["macs_g"] / (row["median_ms"] / 1e3))
         assert math.isclose(row["peak_fraction"], row["gmacs_per_s"] / result.peak_gmacs)
     assert rows["fused", "onnxruntime"]["max_abs_error"] < 1e-4  # verified against PyTorch before timing
+    assert rows["single_branch", "onnxruntime"]["max_abs_error"] < 1e-4
     assert {(r["form"], r["backend"]) for r in result.throughput.rows if r["model"] == "repnext_m0"} == set(rows)
     assert describe_peak(result, 1).startswith("peak: float32 GEMM 64^3 on 1 thread(s), GMAC/s: eager ")
 
@@ -298,3 +301,36 @@ def test_the_isolation_benchmark_script_runs_and_prints_its_verdict_table(capsys
                            "--backend", "eager", "--threads", "1"])  # fmt: skip
     out = capsys.readouterr().out
     assert code in (0, 1) and "| backend | mixed / alone, raw" in out and "\n| eager | " in out
+
+
+def test_the_forms_table_names_the_fastest_verified_form_and_layout_per_runtime():
+    """torch eager in NCHW (eager) and NHWC (channels_last) is one runtime; a failed verification is never fastest."""
+
+    def row(form, backend, ms, status="ok"):
+        return dict(model="repnext_m1", form=form, backend=backend, median_ms=ms, status=status)
+
+    runs = pd.DataFrame([row("unfused", "eager", 1.0), row("fused", "eager", 20.0),
+                         row("fused", "channels_last", 18.0), row("single_branch", "eager", 15.0),
+                         row("single_branch", "channels_last", 16.0), row("fused", "openvino", 7.0),
+                         row("single_branch", "openvino", 5.0, status="differs")])  # fmt: skip
+    forms = {r["runtime"]: r for r in summarize_forms(runs).rows}
+    assert set(forms) == {"torch", "openvino"}
+    torch_row, openvino_row = forms["torch"], forms["openvino"]
+    assert (torch_row["fastest_form"], torch_row["fastest_layout"], torch_row["fastest_ms"]) == (
+        "single_branch",
+        "NCHW",
+        15.0,
+    )
+    assert torch_row["fused_ms"] == 20.0 and torch_row["speedup"] == pytest.approx(20 / 15)
+    assert (openvino_row["fastest_form"], openvino_row["fastest_layout"], openvino_row["speedup"]) == ("fused", "", 1.0)
+
+
+def test_single_branch_forms_are_the_variants_with_branches_to_merge():
+    from repnext.analysis.latency.backends import has_single_branch
+    from repnext.reparam import has_single_branch_form
+
+    for name in timm.list_models(["repnext_*", "recnext_*"]):
+        with torch.device("meta"):
+            model = timm.create_model(name)
+        assert has_single_branch(name) == has_single_branch_form(model), name
+    assert not has_single_branch("repvit_m1_0")

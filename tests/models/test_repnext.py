@@ -12,6 +12,7 @@ import repnext
 from repnext.analysis.equivalence import check_reparameterization, randomize_batchnorm
 from repnext.analysis.stats import standalone_batchnorm_parameters
 from repnext.checkpoint import CheckpointError
+from repnext.models.layers import ChannelShuffle
 
 MODELS = [f"repnext_m{i}" for i in range(6)]
 # Fused parameter counts (M) as published in the paper and the upstream README.
@@ -29,7 +30,7 @@ def test_fused_structure_and_published_params(name):
     """Published counts are the papers' convention (see ``standalone_batchnorm_parameters``)."""
     model = timm.create_model(name).eval()
     fused = repnext.reparameterize(model)
-    allowed = (nn.Conv2d, nn.Linear, nn.GELU, nn.Identity, nn.Dropout, nn.Sequential, nn.ChannelShuffle)
+    allowed = (nn.Conv2d, nn.Linear, nn.GELU, nn.Identity, nn.Dropout, nn.Sequential, ChannelShuffle)
     leaves = {type(m) for m in fused.modules() if not list(m.children())}
     assert all(issubclass(t, allowed) for t in leaves), leaves
     assert not any(isinstance(m, _BatchNorm) for m in fused.modules())
@@ -208,3 +209,25 @@ def test_wrong_input_channels_fail_before_compute():
 def test_unknown_model_lists_available():
     with pytest.raises(ValueError, match=r"unknown model 'repnext_m9'; available: .*repnext_m0"):
         repnext.create_model("repnext_m9")
+
+
+def test_channel_shuffle_is_torchs_permutation_and_exports_to_onnx(tmp_path):
+    """The single-branch downsampling mixer's shuffle: nn.ChannelShuffle's output, as ops ONNX has."""
+    pytest.importorskip("onnx")
+    import onnx
+
+    x = torch.randn(2, 12, 5, 7)
+    for groups in (2, 3, 12):
+        assert torch.equal(ChannelShuffle(groups)(x), nn.ChannelShuffle(groups)(x))
+    torch.onnx.export(ChannelShuffle(3), (x,), str(tmp_path / "shuffle.onnx"), dynamo=False, opset_version=18)
+    assert {n.op_type for n in onnx.load(str(tmp_path / "shuffle.onnx")).graph.node} <= {
+        "Shape",
+        "Gather",
+        "Reshape",
+        "Transpose",
+        "Constant",
+        "Div",
+        "Unsqueeze",
+        "Concat",
+        "Cast",
+    }

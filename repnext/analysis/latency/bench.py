@@ -25,6 +25,7 @@ from .backends import (
     check_backend,
     check_device,
     check_timm_model,
+    has_single_branch,
     missing_requirement,
 )
 from .timing import spread
@@ -254,7 +255,8 @@ def benchmark(
         except CheckpointError as error:
             raise BenchmarkError(str(error)) from None
     unfused = backends if unfused_backends is None else [b for b in unfused_backends if b in backends]
-    configs = [(m, f, b) for m in models for f in forms for b in (unfused if f == "unfused" else backends)]
+    configs = [(m, f, b) for m in models for f in forms for b in (unfused if f == "unfused" else backends)
+               if f != "single_branch" or has_single_branch(m)]  # fmt: skip
     peak_backends = [b for b in (PEAK_BACKENDS if peak_backends is None else peak_backends)
                      if b in backends or (dev.type == "cpu" and not missing_requirement(b))]  # fmt: skip
     started = list(dict.fromkeys(["eager", *backends, *peak_backends]))

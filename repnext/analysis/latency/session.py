@@ -15,6 +15,7 @@ import torch
 
 from ...distributed import runtime
 from ...errors import one_line
+from ...reparam import reparameterize
 from ...runtimes import as_array
 from .backends import (
     TORCH_BACKENDS,
@@ -58,7 +59,8 @@ class Session:
     def build(self, model: str, forms: Sequence[str], resolution: int, onnx_forms: Sequence[str],
               pickle_forms: Sequence[str], weights: str | None = None,
               count: bool = True) -> dict[str, object]:  # fmt: skip
-        """Builder only: build ``model`` in each form (fused always, for its MACs), write the reference
+        """Builder only: build ``model`` in each form (fused always, for its MACs; the single-branch form merged
+        from it), write the reference
         outputs and, for the other workers, the ONNX exports and pickles they need.
 
         All of it runs on one thread: building, exporting and counting are single-threaded Python, beside
@@ -83,6 +85,8 @@ class Session:
             nothing_to_fuse = "unfused" in nets and unchanged_by_fusion(nets["unfused"], nets["fused"])
             if nothing_to_fuse:
                 del nets["unfused"]
+            if "single_branch" in forms:  # merged from the fused form, as reparameterize(single_branch=True) does
+                nets["single_branch"] = reparameterize(nets["fused"], single_branch=True)
             errors = {}
             for form, net in nets.items():
                 with torch.inference_mode():
