@@ -77,7 +77,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         result = benchmark(
             args.models, args.forms or ["unfused", "fused"], args.backends or ["eager"], args.resolution,
             args.threads, args.device, args.rounds, args.warmup, args.batch_size, min_rounds=args.min_rounds,
-            block_ms=args.block_ms, gemm_size=args.gemm_size, weights=args.weights,
+            block_ms=args.block_ms, gemm_size=args.gemm_size, dwconv_side=args.dwconv_side, weights=args.weights,
             progress=progress.wanted(args.progress),
         )  # fmt: skip
     except BenchmarkError as error:
@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "IQR is within 5%% of its median (default: always --rounds)")  # fmt: skip
     bench.add_argument("--block-ms", type=float, default=20.0, help="length of one timed block (calls in a row)")
     bench.add_argument("--gemm-size", type=_positive, default=2048, help="side of the reference float32 GEMM")
+    bench.add_argument("--dwconv-side", type=_positive, default=56, help="map side of the reference 3x3 "
+                       "depthwise conv (256 channels)")  # fmt: skip
     bench.add_argument("--warmup", type=_positive, default=3, help="untimed calls per configuration first")
     bench.add_argument("--format", choices=FORMATS, default="md")
     bench.add_argument("-o", "--output", help="write the latency table here; the suffix picks the format")

@@ -24,7 +24,7 @@ from .stats import published_results
 
 SUMMARY_COLUMNS = (
     "model", "family", "unfused_ms", "fused_ms", "fused_speedup", "fastest_backend", "fastest_ms", "macs_g",
-    "gmacs_per_s", "peak_fraction", "fastest_iqr_ms", "threads", "peak_gmacs",
+    "gmacs_per_s", "peak_fraction", "bound_ms", "bound_fraction", "fastest_iqr_ms", "threads", "peak_gmacs",
 )  # fmt: skip
 MEASURED_COLUMNS = ("model", "family", "distillation", "top1", "latency_ms", "backend", "source")
 
@@ -81,10 +81,16 @@ def _family(model: str, peers: dict[str, str]) -> str:
     return peers.get(model, model.split("_")[0])
 
 
+def _known(value: object) -> object:
+    """``value``, or ``None`` where pandas has NaN (no bound: the model could not be captured)."""
+    return None if value is None or pd.isna(value) else value
+
+
 def summarize_latency(runs: pd.DataFrame) -> Table:
     """One row per model from the long latency table: unfused and fused eager latency, the speed-up,
     and the fastest verified fused backend with its IQR and achieved MAC rate (also as a fraction of
-    the measured peak GEMM rate). Rows whose ``status`` is not ``ok`` (failed verification) are left out; a
+    the measured peak GEMM rate), the model's roofline bound and the fastest backend's bound / latency.
+    Rows whose ``status`` is not ``ok`` (failed verification) are left out; a
     model with nothing to fuse (its training form not timed, being the fused module) has a speed-up of 1."""
     peers = published_accuracy_latency().set_index("timm_model")["family"].to_dict()
     rows = []
@@ -102,11 +108,14 @@ def summarize_latency(runs: pd.DataFrame) -> Table:
             fastest_backend=None if best is None else best.backend, fastest_ms=None if best is None else best.median_ms,
             macs_g=group.macs_g.iloc[0], gmacs_per_s=None if best is None else best.gmacs_per_s,
             peak_fraction=None if best is None else best.peak_fraction,
+            bound_ms=_known(group.bound_ms.iloc[0]) if "bound_ms" in group else None,
+            bound_fraction=None if best is None else _known(best.get("bound_fraction")),
             fastest_iqr_ms=None if best is None else best.iqr_ms, threads=group.threads.iloc[0],
             peak_gmacs=group.peak_gmacs.iloc[0],
         ))  # fmt: skip
     floats = dict(unfused_ms=".2f", fused_ms=".2f", fused_speedup=".2f", fastest_ms=".2f", macs_g=".3f",
-                  gmacs_per_s=".2f", peak_fraction=".3f", fastest_iqr_ms=".2f", peak_gmacs=".1f")  # fmt: skip
+                  gmacs_per_s=".2f", peak_fraction=".3f", bound_ms=".2f", bound_fraction=".3f",
+                  fastest_iqr_ms=".2f", peak_gmacs=".1f")  # fmt: skip
     return Table(SUMMARY_COLUMNS, rows, floats, sort_by=("family", "macs_g", "model"))
 
 

@@ -59,8 +59,9 @@ def _run():
     the second builder builds one of them."""
     backends = ["eager", "torchscript", "onnxruntime"] + ([] if OPENVINO else ["openvino"])
     return benchmark(["repnext_m0", "starnet_s050"], backends=backends, resolution=32, threads=1, rounds=3,
-                     min_rounds=2, warmup=1, batch_size=2, unfused_backends=["eager"], gemm_size=64, copy_mib=4,
-                     group_size=2, throughput_seconds=(0.01, 0.02), macs={"repnext_m0": GIVEN_MACS})  # fmt: skip
+                     min_rounds=2, warmup=1, batch_size=2, unfused_backends=["eager"], gemm_size=64, dwconv_side=16,
+                     copy_mib=4, group_size=2, throughput_seconds=(0.01, 0.02),
+                     macs={"repnext_m0": GIVEN_MACS})  # fmt: skip
 
 
 def test_each_backend_runs_in_its_own_process_and_the_others_are_stopped_meanwhile():
@@ -90,6 +91,11 @@ def test_rows_carry_median_spread_and_fraction_of_the_measured_peak():
         assert math.isclose(row["peak_fraction"], row["gmacs_per_s"] / result.peak_gmacs)
     assert rows["fused", "onnxruntime"]["max_abs_error"] < 1e-4  # verified against PyTorch before timing
     assert rows["single_branch", "onnxruntime"]["max_abs_error"] < 1e-4
+    kernels = {(r["kernel"], r["backend"]) for r in result.peaks.rows}
+    assert {("dwconv", "eager"), ("dwconv", "onnxruntime"), ("copy", "eager")} <= kernels
+    for row in rows.values():  # the fused form's roofline bound, from this run's rates
+        assert row["bound_ms"] > 0 and math.isclose(row["bound_fraction"], row["bound_ms"] / row["median_ms"])
+    assert len({row["bound_ms"] for row in rows.values()}) == 1
     assert {(r["form"], r["backend"]) for r in result.throughput.rows if r["model"] == "repnext_m0"} == set(rows)
     assert describe_peak(result, 1).startswith("peak: float32 GEMM 64^3 on 1 thread(s), GMAC/s: eager ")
 
@@ -234,7 +240,7 @@ def test_bench_names_unknown_models_and_missing_cuda():
 def test_bench_cli_prints_the_peak_first_and_writes_the_latency_table(tmp_path, capsys):
     out = tmp_path / "latency_cpu.csv"
     main(["bench", "repnext_m0", "--fused", "--resolution", "32", "--rounds", "2", "--warmup", "1", "--threads", "1",
-          "--gemm-size", "64", "-o", str(out), "--progress"])  # fmt: skip
+          "--gemm-size", "64", "--dwconv-side", "16", "-o", str(out), "--progress"])  # fmt: skip
     frame = pd.read_csv(out)
     assert list(frame.model) == ["repnext_m0"] and list(frame.form) == ["fused"] and frame.median_ms[0] > 0
     assert frame.status[0] == "ok" and frame.peak_gmacs[0] > 0 and frame.iqr_ms[0] >= 0

@@ -27,6 +27,7 @@ FORMS = ("unfused", "fused", "single_branch")  # single_branch: RepNeXt's fused 
 TORCH_BACKENDS = frozenset({"eager", "channels_last", "torchscript", "compile"})
 ONNX_BACKENDS = frozenset({"onnxruntime", "openvino"})
 PEAK_BACKENDS = ("eager", "onnxruntime", "openvino")  # float32 GEMM of torch, ONNX Runtime and OpenVINO
+DW_CHANNELS = 256  # channels of the reference depthwise conv (a RepNeXt-M stage 2-3 width)
 _PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
 
 
@@ -219,8 +220,33 @@ def prepare_gemm(backend: str, size: int, threads: int, workdir: Path, device: t
     return prepare_onnx(path, backend, a.numpy(), threads, device)
 
 
-def prepare_copy(mib: int, device: torch.device = CPU) -> Callable[[], object]:
+def prepare_dwconv(backend: str, side: int, threads: int, workdir: Path, device: torch.device = CPU):
+    """A callable doing one float32 3x3 depthwise conv of ``[1, DW_CHANNELS, side, side]`` (padding 1; ``9 x
+    DW_CHANNELS x side^2`` MACs) with ``backend``: the reference rate of depthwise layers."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, DW_CHANNELS, side, side, generator=generator)
+    weight = torch.randn(DW_CHANNELS, 1, 3, 3, generator=generator)
+    if backend == "eager":
+        x, weight = x.to(device), weight.to(device)
+        return lambda: torch.nn.functional.conv2d(x, weight, padding=1, groups=DW_CHANNELS)
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    path = workdir / f"dwconv{side}.onnx"
+    if not path.exists():
+        shape = [1, DW_CHANNELS, side, side]
+        conv = helper.make_node("Conv", ["X", "W"], ["Y"], group=DW_CHANNELS, pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+        graph = helper.make_graph(
+            [conv], "dwconv", [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
+            initializer=[numpy_helper.from_array(weight.numpy(), "W")],
+        )  # fmt: skip
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return prepare_onnx(path, backend, x.numpy(), threads, device)
+
+
+def prepare_copy(mib: float, device: torch.device = CPU) -> Callable[[], object]:
     """A callable copying ``mib`` MiB of float32 to another buffer (reads and writes ``2 * mib`` MiB)."""
-    source = torch.ones(mib * 2**18, device=device)
+    source = torch.ones(int(mib * 2**18), device=device)
     target = torch.empty_like(source)
     return lambda: target.copy_(source)

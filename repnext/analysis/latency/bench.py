@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import tempfile
@@ -16,7 +17,9 @@ import torch
 from ...checkpoint import CheckpointError, is_torchscript, read_checkpoint
 from ...progress import bar
 from ...tables import Table
+from ..roofline import Layer, Rates, bound_ms, cache_sizes
 from .backends import (
+    DW_CHANNELS,
     FORMS,
     ONNX_BACKENDS,
     PEAK_BACKENDS,
@@ -33,13 +36,14 @@ from .workers import Worker, WorkerError, timed_block
 
 LATENCY_COLUMNS = (
     "model", "form", "backend", "device", "threads", "resolution", "median_ms", "iqr_ms", "min_ms", "samples",
-    "rounds", "macs_g", "gmacs_per_s", "peak_gmacs", "peak_fraction", "max_abs_error", "status",
+    "rounds", "macs_g", "gmacs_per_s", "peak_gmacs", "peak_fraction", "bound_ms", "bound_fraction", "max_abs_error",
+    "status",
 )  # fmt: skip
 THROUGHPUT_COLUMNS = ("model", "form", "backend", "device", "threads", "batch_size", "resolution", "images_per_s",
                       "calls")  # fmt: skip
 BUILDER = "builder"  # the worker that only builds (every second model), beside the eager worker
 NOTHING_TO_FUSE = "not timed: fusing changes nothing (the fused form is the same module)"
-_UNITS = dict(gemm="GMAC/s", copy="GB/s")
+_UNITS = dict(gemm="GMAC/s", dwconv="GMAC/s", copy="GB/s", copy_l2="GB/s", copy_l3="GB/s")
 PEAK_COLUMNS = ("kernel", "backend", "device", "threads", "size", "median_ms", "iqr_ms", "samples", "rate", "unit")
 
 
@@ -71,6 +75,7 @@ class _Run:
         self.spread_target, self.warmup, self.block_s, self.max_calls = spread_target, warmup, block_s, max_calls
         self.foreign: float | None = 0.0
         self.blocks = 0
+        self.layers: dict[str, list[Layer] | None] = {}  # the fused form's operators, per model (its builder's)
 
     def _others(self, backend: str) -> list[Worker]:
         return [w for b, w in self.workers.items() if b != backend]
@@ -128,11 +133,13 @@ class _Run:
         self.workers[backend].pause()
         return answer
 
-    def peak(self, backends: Sequence[str], gemm_size: int, copy_mib: int) -> list[dict[str, object]]:
-        """Rows of the reference kernels: float32 GEMM on each of ``backends``, a large copy on torch."""
-        kernels = {b: [f"peak/gemm/{b}"] for b in backends}
-        kernels.setdefault("eager", []).append("peak/copy/eager")
-        sizes = dict(gemm=gemm_size, copy=copy_mib)
+    def peak(self, backends: Sequence[str], gemm_size: int, copy_mib: int, dwconv_side: int,
+             cache_copy_mib: Mapping[str, float]) -> list[dict[str, object]]:  # fmt: skip
+        """Rows of the reference kernels: float32 GEMM and a 3x3 depthwise conv on each of ``backends``; on torch a
+        copy of ``copy_mib`` MiB (DRAM) and one per cache level of ``cache_copy_mib`` (``{"copy_l2": MiB, ...}``)."""
+        kernels = {b: [f"peak/gemm/{b}", f"peak/dwconv/{b}"] for b in backends}
+        kernels.setdefault("eager", []).extend(f"peak/{k}/eager" for k in ("copy", *cache_copy_mib))
+        sizes = dict(gemm=gemm_size, dwconv=dwconv_side, copy=copy_mib, **cache_copy_mib)
         for backend, names in kernels.items():
             for key in names:
                 self.workers[backend].request("peak", key, key.split("/")[1], sizes[key.split("/")[1]])
@@ -142,7 +149,9 @@ class _Run:
             for key in names:
                 kernel = key.split("/")[1]
                 median, iqr, _ = spread(samples[key])
-                work = gemm_size**3 / 1e9 if kernel == "gemm" else 2 * copy_mib * 2**20 / 1e9  # GMAC or GB
+                work = {"gemm": gemm_size**3 / 1e9, "dwconv": 9 * DW_CHANNELS * dwconv_side**2 / 1e9}.get(
+                    kernel, 2 * sizes[kernel] * 2**20 / 1e9
+                )  # GMAC, or GB read and written
                 rows.append(dict(kernel=kernel, backend=backend, device=self.device, threads=self.threads,
                                  size=sizes[kernel], median_ms=median, iqr_ms=iqr, samples=len(samples[key]),
                                  rate=work / (median / 1e3), unit=_UNITS[kernel]))  # fmt: skip
@@ -178,6 +187,7 @@ class _Run:
                 except WorkerError as error:  # a model that cannot be built (its weights refused) ends the run
                     raise BenchmarkError(str(error).removeprefix(f"{BenchmarkError.__name__}: ")) from None
                 macs[name] = self.known_macs.get(name, built["macs"])
+                self.layers[name] = None if built["layers"] is None else [Layer(*t) for t in built["layers"]]
                 for config in (c for c in configs if c[0] == name):
                     _, form, backend = config
                     if form == "unfused" and built["nothing_to_fuse"]:
@@ -217,6 +227,7 @@ def benchmark(
     block_ms: float = 20.0,
     gemm_size: int = 2048,
     copy_mib: int = 128,
+    dwconv_side: int = 56,
     group_size: int = 4,
     tolerance: float = 1e-4,
     throughput_seconds: tuple[float, float] = (5.0, 10.0),
@@ -274,12 +285,14 @@ def benchmark(
                    weights=weights, macs=macs)  # fmt: skip
         pids = {b: w.request("pid") for b, w in workers.items()}
 
-        status_bar.set_postfix_str("peak GEMM and copy")
-        peak_rows = run.peak(peak_backends, gemm_size, copy_mib)
+        status_bar.set_postfix_str("peak GEMM, depthwise conv and copies")
+        levels = cache_levels(threads, copy_mib)
+        peak_rows = run.peak(peak_backends, gemm_size, copy_mib, dwconv_side, {k: v[0] for k, v in levels.items()})
         gemms = [r for r in peak_rows if r["kernel"] == "gemm"]
         best = max(gemms, key=lambda r: r["rate"]) if gemms else None
         peak = best["rate"] if best else None
         copy_rate = next((r["rate"] for r in peak_rows if r["kernel"] == "copy"), None)
+        rates = machine_rates(peak_rows, {k: v[1] for k, v in levels.items()})
 
         for start in range(0, len(models), group_size):
             group = models[start : start + group_size]
@@ -295,13 +308,16 @@ def benchmark(
                 row = dict(model=name, form=form, backend=backend, device=dev.type, threads=threads,
                            resolution=resolution, macs_g=counts[name] / 1e9, peak_gmacs=peak,
                            max_abs_error=errors.get(config), status=status[config])  # fmt: skip
+                bound = None if rates is None or run.layers.get(name) is None else bound_ms(run.layers[name], rates)[0]
+                row["bound_ms"] = bound
                 times = samples.get("/".join(config))
                 if times:
                     median, iqr, low = spread(times)
                     rate = counts[name] / 1e9 / (median / 1e3)
                     row.update(median_ms=median, iqr_ms=iqr, min_ms=low, samples=len(times),
                                rounds=done["/".join(config)], gmacs_per_s=rate,
-                               peak_fraction=rate / peak if peak else None)  # fmt: skip
+                               peak_fraction=rate / peak if peak else None,
+                               bound_fraction=bound / median if bound else None)  # fmt: skip
                     if batch_size > 1:
                         images, count = run.throughput(backend, "/".join(config), batch_size, throughput_seconds)
                         throughput_rows.append(dict(model=name, form=form, backend=backend, device=dev.type,
@@ -313,7 +329,7 @@ def benchmark(
                 worker.request("release", group)
             status_bar.update(len(group))
     floats = dict(median_ms=".2f", iqr_ms=".2f", min_ms=".2f", macs_g=".3f", gmacs_per_s=".2f", peak_gmacs=".1f",
-                  peak_fraction=".3f", max_abs_error=".1e")  # fmt: skip
+                  peak_fraction=".3f", bound_ms=".2f", bound_fraction=".3f", max_abs_error=".1e")  # fmt: skip
     sort = ("model", "form", "backend")
     return BenchResult(
         latency=Table(LATENCY_COLUMNS, latency_rows, floats, sort_by=sort),
@@ -355,3 +371,28 @@ def machine() -> dict[str, object]:
         cpu = names[0] if names else cpu
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return dict(cpu=cpu, logical_cores=os.cpu_count(), torch=torch.__version__, cuda_device=gpu)
+
+
+def cache_levels(threads: int, dram_mib: float) -> dict[str, tuple[float, float]]:
+    """``{kernel: (MiB per copy buffer, level capacity in bytes)}`` for the cache-level copies: L2 (one per core,
+    ``threads`` of them) and L3 as the kernel reports them; each copy's source and target fill half the level
+    (L3's copy at most 8 MiB a buffer: virtual machines report the host's whole L3), below the DRAM copy."""
+    sizes = cache_sizes()
+    found = {}
+    if 2 in sizes:
+        found["copy_l2"] = (sizes[2] * threads / 4 / 2**20, float(sizes[2] * threads))
+    if 3 in sizes:
+        found["copy_l3"] = (min(sizes[3] / 4 / 2**20, 8.0), float(sizes[3]))
+    return {kernel: level for kernel, level in found.items() if level[0] < dram_mib}
+
+
+def machine_rates(peak_rows: Sequence[Mapping[str, object]], capacities: Mapping[str, float]) -> Rates | None:
+    """The roofline's rates from a run's reference kernels: the best GEMM and the best depthwise conv over the
+    backends, and the copy bandwidth per memory level (``capacities``: bytes per cache-level copy kernel; the DRAM
+    copy, ``copy``, holds everything)."""
+    best = {k: max((r["rate"] for r in peak_rows if r["kernel"] == k), default=None) for k in ("gemm", "dwconv")}
+    copies = {r["kernel"]: r["rate"] for r in peak_rows if str(r["kernel"]).startswith("copy")}
+    if best["gemm"] is None or best["dwconv"] is None or "copy" not in copies:
+        return None
+    levels = sorted((capacities[k], rate) for k, rate in copies.items() if k in capacities)
+    return Rates(best["gemm"], best["dwconv"], (*levels, (math.inf, copies["copy"])))

@@ -8,6 +8,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from .backends import (
     export_for_timing,
     fuse_model,
     prepare_copy,
+    prepare_dwconv,
     prepare_gemm,
     prepare_onnx,
     prepare_torch,
@@ -70,8 +72,10 @@ class Session:
         it is neither exported nor timed apart.
 
         Returns ``{"macs": fvcore MACs of the fused form (``None`` unless ``count``), "onnx_errors": {form:
-        one line}, "nothing_to_fuse": bool}``.
+        one line}, "nothing_to_fuse": bool, "layers": the fused form's operators (:func:`repnext.analysis.roofline.
+        layers`, as tuples; ``None`` where torch.export cannot capture it)}``.
         """
+        from ..roofline import layers
         from ..stats import count_macs
 
         x = self._input(resolution)
@@ -99,8 +103,12 @@ class Session:
                 if form in pickle_forms:
                     torch.save(net, artifact(self.workdir, model, form, ".pt"))
             macs = count_macs(nets["fused"], resolution)[0] if count else None
+            try:
+                found = [astuple(layer) for layer in layers(nets["fused"], resolution)]
+            except Exception:  # a model torch.export cannot capture gets no bound, and is still timed
+                found = None
         self.models.update({(model, form): net for form, net in nets.items() if form in forms})
-        return {"macs": macs, "onnx_errors": errors, "nothing_to_fuse": nothing_to_fuse}
+        return {"macs": macs, "onnx_errors": errors, "nothing_to_fuse": nothing_to_fuse, "layers": found}
 
     def prepare(self, key: str, model: str, form: str, resolution: int, batch_size: int,
                 tolerance: float) -> dict[str, float]:  # fmt: skip
@@ -134,10 +142,13 @@ class Session:
             self.batched[key] = batched
         return {"max_abs_error": error}
 
-    def peak(self, key: str, kernel: str, size: int) -> None:
-        """Prepare a reference kernel: ``gemm`` (``size^3`` MACs) or ``copy`` (``size`` MiB)."""
+    def peak(self, key: str, kernel: str, size: float) -> None:
+        """Prepare a reference kernel: ``gemm`` (``size^3`` MACs), ``dwconv`` (a 3x3 depthwise conv on a
+        ``size x size`` map) or a copy (``copy``, ``copy_l2``, ``copy_l3``: ``size`` MiB)."""
         if kernel == "gemm":
-            self.calls[key] = prepare_gemm(self.backend, size, self.threads, self.workdir, self.device)
+            self.calls[key] = prepare_gemm(self.backend, int(size), self.threads, self.workdir, self.device)
+        elif kernel == "dwconv":
+            self.calls[key] = prepare_dwconv(self.backend, int(size), self.threads, self.workdir, self.device)
         else:
             self.calls[key] = prepare_copy(size, self.device)
 
