@@ -41,10 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="alone/mixed pairs, alternating which runs first")
     parser.add_argument("--backend", dest="backends", action="append", help="default: every installed one but compile")
     parser.add_argument("--tolerance", type=float, default=0.10, help="largest |mixed / alone - 1| and IQR / median")
+    parser.add_argument("--gemm-size", type=int, default=2048, help="side of the reference GEMM (drift check)")
+    parser.add_argument("--dwconv-side", type=int, default=56, help="map side of the reference depthwise conv")
     parser.add_argument("--out", type=Path, help="also write the verdict table here (Markdown)")
     args = parser.parse_args(argv)
     backends = args.backends or [b for b in BACKENDS if b != "compile" and not missing_requirement(b)]
-    options = dict(forms=("fused",), resolution=args.resolution, threads=args.threads, rounds=args.rounds)
+    options = dict(
+        forms=("fused",),
+        resolution=args.resolution,
+        threads=args.threads,
+        rounds=args.rounds,
+        gemm_size=args.gemm_size,
+        dwconv_side=args.dwconv_side,
+    )
 
     def alone() -> dict[str, tuple[tuple[float, float], float]]:
         runs = {b: benchmark([args.model], backends=[b], peak_backends=["eager"], **options) for b in backends}

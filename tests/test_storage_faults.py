@@ -52,7 +52,7 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-@pytest.mark.parametrize("fmt, name", [("torchscript", "m.pt"), ("exported-program", "m.pt2"), ("onnx", "m.onnx")])
+@pytest.mark.parametrize("fmt, name", [("torchscript", "m.pt"), ("onnx", "m.onnx")])
 def test_export_to_a_full_disk(fmt, name, folder):
     if fmt == "onnx":
         pytest.importorskip("onnx")

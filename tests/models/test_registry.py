@@ -21,6 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import repnext
 from repnext.analysis.equivalence import TOLERANCES, compare_outputs, randomize_batchnorm
+from repnext.analysis.latency.backends import has_single_branch
 from repnext.export import exported_program
 
 MODELS = repnext.list_models()
@@ -121,7 +122,7 @@ def test_meta_device_build_loads_to_the_model_built_normally(variant):
         model.to_empty(device="cpu")
     model.load_state_dict(variant.built.state_dict(), strict=True, assign=variant.name not in FAMILY_EXAMPLES)
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, 32, 32)  # the smallest input every variant takes
     with torch.no_grad():
         assert torch.equal(model(x), variant.built(x))
 
@@ -167,6 +168,7 @@ def test_fusion_is_exact_and_complete(variant):
     single-branch form, where there is one, merged from the fused form, as ``reparameterize(single_branch=True)``
     merges after fusing."""
     model, merge = variant.built, repnext.reparam.has_single_branch_form(variant.built)
+    assert has_single_branch(variant.name) == merge  # the latency stage times the single-branch form by this rule
     for dtype in (torch.float64, torch.float32):
         source = copy.deepcopy(model).to(dtype) if dtype != torch.float32 else model
         inputs = [torch.randn(1, 3, *size, dtype=dtype) for size in SIZES.get(family(variant.name), DEFAULT_SIZES)]
@@ -222,7 +224,7 @@ def test_features_only(variant):
 
 @pytest.mark.parametrize("variant", by_model(MODELS), indirect=True)
 def test_torchscript_training_and_fused_forms(variant):
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, 32, 32)  # the smallest input every variant takes
     for scripted, module in ((variant.scripted_training, variant.built), (variant.scripted_fused, variant.fused)):
         # the profiling executor's optimisation passes cost seconds per call and do not change the function
         with torch.no_grad(), torch.jit.optimized_execution(False):
@@ -231,7 +233,7 @@ def test_torchscript_training_and_fused_forms(variant):
 
 @pytest.mark.parametrize("variant", by_model(MODELS), indirect=True)
 def test_fx_trace(variant):
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, 32, 32)  # the smallest input every variant takes
     for form in (variant.built, variant.fused):
         graph = torch.fx.symbolic_trace(form)
         with torch.no_grad():
