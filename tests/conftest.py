@@ -1,4 +1,8 @@
+import contextlib
+import io
 import os
+import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -26,12 +30,34 @@ model = timm.create_model("repnext_m0", num_classes=8).eval()
 print(hashlib.sha256(model(torch.randn(1, 3, 64, 64)).detach().numpy().tobytes()).hexdigest())"""
 
 
+def run_here(code: str, *argv: str) -> str:
+    """What ``python -c code *argv`` prints natively (``OMP_NUM_THREADS=1``), computed in this process on one
+    thread and torch's defaults (a test may have changed the default dtype): the native half of a comparison with
+    the simulated CPU, without a second interpreter importing torch."""
+    threads, dtype, printed = torch.get_num_threads(), torch.get_default_dtype(), io.StringIO()
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
+    saved_argv, sys.argv = sys.argv, ["-c", *argv]
+    try:
+        with contextlib.redirect_stdout(printed):
+            exec(code, {"__name__": "__main__"})
+    finally:
+        sys.argv = saved_argv
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
+    return printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def natively() -> Callable[..., str]:
+    return run_here
+
+
 @pytest.fixture(scope="session")
 def other_cpu_env() -> dict[str, str]:
     """The environment of a subprocess that computes as a CPU without this one's vector units would (ATen's scalar
     kernels, oneDNN, MKL and numpy capped at SSE4, two threads); skips where that changes no float32 result."""
     import subprocess
-    import sys
 
     try:
         from numpy._core._multiarray_umath import __cpu_dispatch__
@@ -40,10 +66,10 @@ def other_cpu_env() -> dict[str, str]:
 
     other = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
              "NPY_DISABLE_CPU_FEATURES": " ".join(__cpu_dispatch__), "OMP_NUM_THREADS": "2"}  # fmt: skip
-    native = {**os.environ, "OMP_NUM_THREADS": "1"}
-    probes = [subprocess.run([sys.executable, "-c", FLOAT32_PROBE], env=env, capture_output=True, text=True,
-                             check=True).stdout for env in (native, {**native, **other})]  # fmt: skip
-    if probes[0] == probes[1]:
+    simulated = {**os.environ, "OMP_NUM_THREADS": "1", **other}
+    probe = subprocess.run([sys.executable, "-c", FLOAT32_PROBE], env=simulated, capture_output=True, text=True,
+                           check=True).stdout  # fmt: skip
+    if probe == run_here(FLOAT32_PROBE):
         pytest.skip("capping this CPU's vector units changes no float32 result here: no other CPU to simulate")
     return other
 

@@ -35,7 +35,7 @@ from repnext.analysis.latency import (
     spread,
     time_interleaved,
 )
-from repnext.analysis.latency.backends import prepare_torch
+from repnext.analysis.latency.backends import build_model, fuse_model, prepare_torch, unchanged_by_fusion
 from repnext.analysis.latency.bench import BUILDER, NOTHING_TO_FUSE
 from repnext.analysis.latency.session import Session
 from repnext.analysis.latency.workers import Worker, cpu_seconds, timed_block
@@ -176,6 +176,18 @@ def test_backends_are_verified_before_they_are_timed(backend, built):
         finally:
             np.save(workdir / "repnext_m0-fused.npy", np.load(workdir / "repnext_m0-fused.npy") - 1.0)
     assert "m/fused/y" not in session.calls
+
+
+def test_a_timm_peer_is_fused_by_timm_and_computes_the_same():
+    """Peers with branches (MobileOne) fuse with timm's reparameterize_model; the stage times them in this form."""
+    model = build_model("mobileone_s0", "unfused")
+    fused = fuse_model(model)
+    assert not unchanged_by_fusion(model, fused)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():  # random weights give logits of ~1e11: the stage's tolerance, relative to the largest
+        reference = model(x)
+        assert (fused(x) - reference).abs().max() <= 1e-4 * reference.abs().max()
+    assert unchanged_by_fusion(build_model("starnet_s050", "unfused"), build_model("starnet_s050", "fused"))
 
 
 def test_a_block_refills_the_caches_with_one_untimed_call_per_key(tmp_path):
