@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", dest="backends", action="append", help="default: every installed one but compile")
     parser.add_argument("--tolerance", type=float, default=0.10, help="largest |mixed / alone - 1| and IQR / median")
     parser.add_argument("--gemm-size", type=int, default=2048, help="side of the reference GEMM (drift check)")
-    parser.add_argument("--dwconv-side", type=int, default=56, help="map side of the reference depthwise conv")
+    parser.add_argument("--dwconv-side", type=int, default=28, help="map side of the reference depthwise convs")
     parser.add_argument("--out", type=Path, help="also write the verdict table here (Markdown)")
     args = parser.parse_args(argv)
     backends = args.backends or [b for b in BACKENDS if b != "compile" and not missing_requirement(b)]

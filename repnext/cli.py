@@ -78,7 +78,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             args.models, args.forms or ["unfused", "fused"], args.backends or ["eager"], args.resolution,
             args.threads, args.device, args.rounds, args.warmup, args.batch_size, min_rounds=args.min_rounds,
             block_ms=args.block_ms, gemm_size=args.gemm_size, dwconv_side=args.dwconv_side, weights=args.weights,
-            progress=progress.wanted(args.progress),
+            progress=progress.wanted(args.progress), profile_backends=args.profile or (),
         )  # fmt: skip
     except BenchmarkError as error:
         raise SystemExit(f"repnext bench: {error}") from None
@@ -86,6 +86,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     _emit(result.latency, args.format, args.output)
     if result.throughput is not None:
         _emit(result.throughput, args.format, args.throughput_output)
+    if result.profiles is not None:
+        _emit(result.profiles, args.format, args.profile_output)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -345,12 +347,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "IQR is within 5%% of its median (default: always --rounds)")  # fmt: skip
     bench.add_argument("--block-ms", type=float, default=20.0, help="length of one timed block (calls in a row)")
     bench.add_argument("--gemm-size", type=_positive, default=2048, help="side of the reference float32 GEMM")
-    bench.add_argument("--dwconv-side", type=_positive, default=56, help="map side of the reference 3x3 "
-                       "depthwise conv (256 channels)")  # fmt: skip
+    bench.add_argument("--dwconv-side", type=_positive, default=28, help="map side of the reference 3x3, 7x7 and "
+                       "11x11 depthwise convs (256 channels; 28 fits in a 2 MiB L2)")  # fmt: skip
+    bench.add_argument("--profile", action="append", choices=("onnxruntime", "openvino"), metavar="BACKEND",
+                       help="repeatable: also profile each fused model per layer kind with this timed runtime's "
+                       "own profiler, against the roofline bound")  # fmt: skip
     bench.add_argument("--warmup", type=_positive, default=3, help="untimed calls per configuration first")
     bench.add_argument("--format", choices=FORMATS, default="md")
     bench.add_argument("-o", "--output", help="write the latency table here; the suffix picks the format")
     bench.add_argument("--throughput-output", help="write the throughput table here (with --batch-size > 1)")
+    bench.add_argument("--profile-output", help="write the per-layer-kind profile table here (with --profile)")
     progress.add_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 

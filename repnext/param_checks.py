@@ -203,6 +203,23 @@ def _backend_list(value, section):
     return None if ok else f"a non-empty list of backends ({', '.join(allowed)})"
 
 
+def _profiled_backends(value, section):
+    """Runtimes with a per-layer profiler, each one the section also times, on the fused form."""
+    timed = [b for b in section.get("backends") or [] if b in ("onnxruntime", "openvino")]
+    ok = isinstance(value, list) and value and all(isinstance(v, str) and v in timed for v in value)
+    if ok and "fused" in (section.get("forms") or ["fused"]):
+        return None
+    named = ", ".join(timed) or "none timed"
+    return f"a non-empty list of timed backends that have a profiler ({named}), with the fused form timed"
+
+
+def _measured_models(value, section):
+    """Models the section measures: its ``models`` and ``peers``."""
+    measured = [*(section.get("models") or []), *(section.get("peers") or [])]
+    ok = isinstance(value, list) and value and all(isinstance(v, str) and v in measured for v in value)
+    return None if ok else "a non-empty list of the section's models and peers"
+
+
 def _form_list(value, _):
     from .analysis.latency import FORMS
 
@@ -235,6 +252,8 @@ KINDS: dict[str, Check] = {
     "dtypes": _list_of(_choice(lambda: list(DTYPES), "a dtype"), f"dtypes ({', '.join(DTYPES)})"),
     "devices": _list_of(_choice(lambda: ["cpu", "cuda"], "a device"), "devices (cpu, cuda)"),
     "backends": _backend_list,
+    "profiled backends": _profiled_backends,
+    "measured models": _measured_models,
     "forms": _form_list,
     "input file": _input_file,
     "input file or null": _optional(_input_file, "an existing file"),

@@ -47,12 +47,16 @@ def share_onnxruntime_pool(threads: int) -> None:
         _SHARED_ORT_POOL["threads"] = threads
 
 
-def onnx_session(path: str | Path, threads: int, device: torch.device = CPU):
+def onnx_session(path: str | Path, threads: int, device: torch.device = CPU, profile_prefix: str | None = None):
     """An ONNX Runtime session with full graph optimization and ``threads`` intra-op threads (the process's
-    shared pool after :func:`share_onnxruntime_pool`)."""
+    shared pool after :func:`share_onnxruntime_pool`); with ``profile_prefix``, its runs are traced to a JSON
+    file of that prefix (``session.end_profiling()`` names it)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if _SHARED_ORT_POOL:
@@ -69,11 +73,14 @@ def onnx_session(path: str | Path, threads: int, device: torch.device = CPU):
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
-def openvino_request(path: str | Path, threads: int):
-    """An OpenVINO CPU infer request for a model file (ONNX or IR): latency hint, float32, ``threads`` threads."""
+def openvino_request(path: str | Path, threads: int, profile: bool = False):
+    """An OpenVINO CPU infer request for a model file (ONNX or IR): latency hint, float32, ``threads`` threads;
+    with ``profile``, per-node counters (``PERF_COUNT``, read with ``request.get_profiling_info()``)."""
     import openvino as ov
 
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+    if profile:
+        config["PERF_COUNT"] = True
     return ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
 
 

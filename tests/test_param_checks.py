@@ -69,6 +69,8 @@ BAD = [
     ("reparam_check", "resolutions", [[64]], "item 0 ([64]) is not an [H, W] pair of positive integers"),
     ("export_check", "resolution", [224], "expected an [H, W] pair of positive integers"),
     ("latency", "backends", ["eager", "tensorrt"], "expected a non-empty list of backends (eager, "),
+    ("latency", "profile_backends", ["eager"], "timed backends that have a profiler (onnxruntime, openvino)"),
+    ("latency", "profile_figure_models", ["resnet50"], "expected a non-empty list of the section's models and peers"),
     ("accuracy_latency", "latency_table", "artifacts/tables/missing.csv", "expected an existing file"),
     ("feature_maps.settings.recnext_m0", "block", 7, "expected a block index of stage 0 of recnext_m0 (0 to 1)"),
     ("feature_maps_trained.settings.repnext_m0", "weights", "nowhere.pth", "an existing checkpoint file"),

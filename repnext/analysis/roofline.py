@@ -1,39 +1,49 @@
 """A roofline bound of a model on this machine, layer by layer, from rates measured in the same run.
 
-Every operator of the fused model at batch 1, as ``torch.export`` captures it, gets its multiply-adds (MACs: a
-multiply-add is one) and the float32 bytes it reads and writes (weights, input and output activations). It is
-held against the machine's measured rates: the float32 GEMM peak for convolutions and matrix products, a
-depthwise-conv rate for depthwise convolutions, and the copy bandwidth of the memory level its working set fits
-in (L2, L3 or DRAM). A layer's bound is the larger of its compute time and its traffic time; the model's is the
-sum. Views (reshape, permute, slices) move no data and cost nothing; a latency can only approach the bound.
-"""
+Every operator one forward pass of the fused model runs at batch 1 (ATen's, as the dispatcher sees them) gets
+its multiply-adds (MACs: a multiply-add is one) and the float32 bytes it reads and writes (weights, input and
+output activations). It is held against the machine's measured rates: the float32 GEMM peak for convolutions and
+matrix products, the depthwise-conv rate at the layer's kernel size for depthwise convolutions (measured at 3x3,
+7x7 and 11x11 on a map that fits in L2, interpolated in the number of taps), and the copy bandwidth of the memory
+level its working set fits in (L2, L3 or DRAM). A layer's bound is the larger of its compute time and its traffic
+time; the model's is the sum. Views (reshape, permute, slices) move no data and cost nothing; a latency can only
+approach the bound."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 KINDS = ("1x1 conv", "depthwise kxk", "dense kxk", "matmul", "resampling", "normalisation", "element-wise", "layout")
-_MATMUL = {"linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "einsum", "scaled_dot_product_attention"}
-_RESAMPLING = {"upsample_bilinear2d", "upsample_nearest2d", "upsample_bicubic2d", "avg_pool2d", "max_pool2d",
-               "adaptive_avg_pool2d", "adaptive_max_pool2d", "pixel_shuffle", "pixel_unshuffle"}  # fmt: skip
-_NORMALISATION = {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "softmax",
-                  "linalg_vector_norm"}  # fmt: skip
-_VIEWS = {"view", "reshape", "permute", "transpose", "flatten", "unflatten", "expand", "expand_as", "slice",
-          "select", "unsqueeze", "squeeze", "chunk", "split", "split_with_sizes", "unbind", "getitem", "t",
-          "alias", "detach", "dropout", "contiguous"}  # fmt: skip
-_COPIES = {"cat", "stack", "clone", "index", "pad", "constant_pad_nd", "roll", "zeros_like"}
+# ATen operators as a forward pass dispatches them (torch.nn.functional's composites decomposed, e.g. linear into
+# t and addmm). A mean over H and W is timm's global pooling (ONNX: ReduceMean or GlobalAveragePool).
+_MATMUL = {"mm", "bmm", "addmm", "baddbmm", "matmul", "linear", "_scaled_dot_product_flash_attention_for_cpu",
+           "_scaled_dot_product_efficient_attention", "scaled_dot_product_attention"}  # fmt: skip
+_RESAMPLING = {"upsample_bilinear2d", "upsample_nearest2d", "upsample_bicubic2d", "_upsample_bilinear2d_aa",
+               "avg_pool2d", "max_pool2d", "max_pool2d_with_indices", "_adaptive_avg_pool2d", "adaptive_avg_pool2d",
+               "adaptive_max_pool2d", "pixel_shuffle", "pixel_unshuffle", "mean", "amax"}  # fmt: skip
+_NORMALISATION = {"_native_batch_norm_legit_no_training", "native_batch_norm", "native_layer_norm",
+                  "native_group_norm", "_softmax", "softmax", "linalg_vector_norm", "rms_norm"}  # fmt: skip
+_VIEWS = {"view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "slice", "select", "unsqueeze",
+          "squeeze", "split", "split_with_sizes", "unbind", "alias", "detach", "as_strided", "chunk",
+          "unflatten", "flatten", "view_as_real", "lift_fresh"}  # fmt: skip
+_COPIES = {"cat", "stack", "clone", "index", "constant_pad_nd", "reflection_pad2d", "roll", "zeros_like",
+           "new_zeros", "zeros", "empty", "copy_", "_to_copy", "contiguous", "fill_"}  # fmt: skip
+_SDPA = {"_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
+         "scaled_dot_product_attention"}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One operator: its kind (one of :data:`KINDS`), MACs and float32 bytes moved."""
+    """One operator: its kind (one of :data:`KINDS`), MACs, float32 bytes moved and (convolutions) kernel taps."""
 
     op: str
     kind: str
@@ -41,6 +51,7 @@ class Layer:
     weight_bytes: int
     input_bytes: int
     output_bytes: int
+    taps: int = 0
 
     @property
     def bytes(self) -> int:
@@ -49,12 +60,23 @@ class Layer:
 
 @dataclass(frozen=True)
 class Rates:
-    """What this machine was measured to do: GMAC/s and, per memory level, ``(capacity bytes, GB/s)``, ascending
-    (the last level, DRAM, holds everything)."""
+    """What this machine was measured to do: GEMM GMAC/s, depthwise-conv ``(kernel taps, GMAC/s)`` ascending in
+    taps, and per memory level ``(capacity bytes, GB/s)``, ascending (the last level, DRAM, holds everything)."""
 
     gemm_gmacs: float
-    dwconv_gmacs: float
+    dwconv_gmacs: tuple[tuple[int, float], ...]
     levels: tuple[tuple[float, float], ...]
+
+    def depthwise_gmacs(self, taps: int) -> float:
+        """GMAC/s of a depthwise conv with ``taps`` kernel taps: linear in taps between the measured kernels,
+        the nearest measured one outside them (a 1x11 conv has 11 taps: between the 3x3 and the 7x7)."""
+        points = self.dwconv_gmacs
+        if taps <= points[0][0]:
+            return points[0][1]
+        for (low, low_rate), (high, high_rate) in itertools.pairwise(points):
+            if taps <= high:
+                return low_rate + (high_rate - low_rate) * (taps - low) / (high - low)
+        return points[-1][1]
 
     def bandwidth(self, working_set: int) -> float:
         """GB/s of the smallest memory level that holds ``working_set`` bytes."""
@@ -69,29 +91,20 @@ def _nbytes(value: object) -> int:
     return 0
 
 
-def _nodes(args: Iterable[object]) -> list[torch.fx.Node]:
-    found = []
-    for arg in args:
-        if isinstance(arg, torch.fx.Node):
-            found.append(arg)
-        elif isinstance(arg, (list, tuple)):
-            found.extend(_nodes(arg))
-    return found
-
-
-def _kind_and_macs(op: str, node: torch.fx.Node) -> tuple[str, int]:
-    out = node.meta.get("val")
-    if op in ("conv2d", "convolution"):
-        weight = node.args[1].meta["val"]
-        groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
-        macs = out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
+def _kind_and_macs(op: str, args: tuple, out: object) -> tuple[str, int]:
+    """The kind and multiply-adds of one ATen call on ``args`` giving ``out``."""
+    if op == "convolution":
+        weight, groups = args[1], args[8]
+        macs = _first_tensor(out).numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
         if groups > 1 and weight.shape[1] == 1:
             return "depthwise kxk", macs
-        return ("1x1 conv" if weight.shape[2:] == (1, 1) else "dense kxk"), macs
+        return ("1x1 conv" if tuple(weight.shape[2:]) == (1, 1) else "dense kxk"), macs
+    if op in _SDPA:  # q [.., L, E] k [.., S, E] v [.., S, Ev]: q k^T then its softmax times v
+        q, k, v = args[:3]
+        return "matmul", q.numel() // q.shape[-1] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
     if op in _MATMUL:
-        first = node.args[1] if op in ("addmm", "baddbmm") else node.args[0]
-        inner = first.meta["val"].shape[-1] if isinstance(first, torch.fx.Node) else 0
-        return "matmul", out.numel() * inner * (2 if op == "scaled_dot_product_attention" else 1)
+        first = args[1] if op in ("addmm", "baddbmm") else args[0]
+        return "matmul", _first_tensor(out).numel() * first.shape[-1]
     if op in _RESAMPLING:
         return "resampling", 0
     if op in _NORMALISATION:
@@ -101,33 +114,53 @@ def _kind_and_macs(op: str, node: torch.fx.Node) -> tuple[str, int]:
     return "element-wise", 0
 
 
-def layers(model: nn.Module, resolution: int = 224) -> list[Layer]:
-    """Every operator of ``model`` (eval mode; the fused form for a fused bound) on a ``[1, 3, R, R]`` input."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # timm peers assign attention caches while exported
-        program = torch.export.export(model.eval(), (torch.zeros(1, 3, resolution, resolution),))
-    signature = program.graph_signature
-    weights = {*signature.inputs_to_parameters, *signature.inputs_to_buffers,
-               *signature.inputs_to_lifted_tensor_constants}  # fmt: skip
-    found = []
-    for node in program.graph.nodes:
-        if node.op != "call_function":
-            continue
-        op = getattr(node.target, "__name__", str(node.target)).split(".")[0]
-        kind, macs = _kind_and_macs(op, node)
-        inputs = _nodes(node.args)
+def _first_tensor(value: object) -> torch.Tensor:
+    return next(t for t in torch.utils._pytree.tree_leaves(value) if isinstance(t, torch.Tensor))
+
+
+class _Recorder(TorchDispatchMode):
+    """Records every ATen call of a forward pass as a :class:`Layer`; ``weights``: the model's tensors' storages."""
+
+    def __init__(self, weights: set[int]) -> None:
+        super().__init__()
+        self.weights, self.found = weights, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        op = name if name == "copy_" else name.removesuffix("_")  # an in-place op (relu_) as its own kind
+        kind, macs = _kind_and_macs(op, args, out)
         if op in _VIEWS:  # no data moves
-            found.append(Layer(op, kind, 0, 0, 0, 0))
-            continue
-        weight_bytes = sum(_nbytes(n.meta.get("val")) for n in inputs if n.name in weights)
-        input_bytes = sum(_nbytes(n.meta.get("val")) for n in inputs if n.name not in weights)
-        found.append(Layer(op, kind, macs, weight_bytes, input_bytes, _nbytes(node.meta.get("val"))))
-    return found
+            self.found.append(Layer(op, kind, 0, 0, 0, 0))
+            return out
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)]
+        weight = sum(_nbytes(t) for t in tensors if _storage(t) in self.weights)
+        inputs = sum(_nbytes(t) for t in tensors if _storage(t) not in self.weights)
+        taps = math.prod(args[1].shape[2:]) if op == "convolution" else 0
+        self.found.append(Layer(op, kind, macs, weight, inputs, _nbytes(out), taps))
+        return out
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage().data_ptr()
+
+
+def layers(model: nn.Module, resolution: int = 224) -> list[Layer]:
+    """Every ATen operator one forward pass of ``model`` (eval mode; the fused form for a fused bound) runs on a
+    ``[1, 3, R, R]`` input, in order. A weight is any parameter or buffer of the model (and a view of one)."""
+    weights = {_storage(t) for t in (*model.parameters(), *model.buffers())}
+    x = torch.zeros(1, 3, resolution, resolution)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.eval()
+        with _Recorder(weights) as recorder:
+            model(x)
+    return recorder.found
 
 
 def layer_bound_s(layer: Layer, rates: Rates) -> float:
     """Seconds: the larger of the layer's compute time and its traffic time at its memory level."""
-    rate = rates.dwconv_gmacs if layer.kind == "depthwise kxk" else rates.gemm_gmacs
+    rate = rates.depthwise_gmacs(layer.taps) if layer.kind == "depthwise kxk" else rates.gemm_gmacs
     compute = layer.macs / (rate * 1e9) if layer.macs else 0.0
     traffic = layer.bytes / (rates.bandwidth(layer.bytes) * 1e9) if layer.bytes else 0.0
     return max(compute, traffic)

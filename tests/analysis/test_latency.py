@@ -39,6 +39,7 @@ from repnext.analysis.latency.backends import build_model, fuse_model, prepare_t
 from repnext.analysis.latency.bench import BUILDER, NOTHING_TO_FUSE
 from repnext.analysis.latency.session import Session
 from repnext.analysis.latency.workers import Worker, cpu_seconds, timed_block
+from repnext.analysis.roofline import KINDS
 from repnext.cli import main
 
 ROOT = Path(__file__).parents[2]
@@ -50,6 +51,7 @@ pytestmark = pytest.mark.xdist_group("latency_workers")
 
 
 GIVEN_MACS = 1.234e9  # a count passed in for RepNeXt-M0 (as the stage passes model_stats'), used instead of counting
+PROFILED = ["onnxruntime"] + ([] if OPENVINO else ["openvino"])
 
 
 @functools.cache
@@ -60,8 +62,8 @@ def _run():
     backends = ["eager", "torchscript", "onnxruntime"] + ([] if OPENVINO else ["openvino"])
     return benchmark(["repnext_m0", "starnet_s050"], backends=backends, resolution=32, threads=1, rounds=3,
                      min_rounds=2, warmup=1, batch_size=2, unfused_backends=["eager"], gemm_size=64, dwconv_side=16,
-                     copy_mib=4, group_size=2, throughput_seconds=(0.01, 0.02),
-                     macs={"repnext_m0": GIVEN_MACS})  # fmt: skip
+                     copy_mib=4, group_size=2, throughput_seconds=(0.01, 0.02), macs={"repnext_m0": GIVEN_MACS},
+                     profile_backends=PROFILED, profile_calls=3)  # fmt: skip
 
 
 def test_each_backend_runs_in_its_own_process_and_the_others_are_stopped_meanwhile():
@@ -92,12 +94,41 @@ def test_rows_carry_median_spread_and_fraction_of_the_measured_peak():
     assert rows["fused", "onnxruntime"]["max_abs_error"] < 1e-4  # verified against PyTorch before timing
     assert rows["single_branch", "onnxruntime"]["max_abs_error"] < 1e-4
     kernels = {(r["kernel"], r["backend"]) for r in result.peaks.rows}
-    assert {("dwconv", "eager"), ("dwconv", "onnxruntime"), ("copy", "eager")} <= kernels
+    assert {(f"dwconv{k}", b) for k in (3, 7, 11) for b in ("eager", "onnxruntime")} | {("copy", "eager")} <= kernels
     for row in rows.values():  # the fused form's roofline bound, from this run's rates
         assert row["bound_ms"] > 0 and math.isclose(row["bound_fraction"], row["bound_ms"] / row["median_ms"])
     assert len({row["bound_ms"] for row in rows.values()}) == 1
     assert {(r["form"], r["backend"]) for r in result.throughput.rows if r["model"] == "repnext_m0"} == set(rows)
     assert describe_peak(result, 1).startswith("peak: float32 GEMM 64^3 on 1 thread(s), GMAC/s: eager ")
+
+
+def test_each_fused_model_is_profiled_by_kind_beside_its_bound():
+    """Every timed fused model on each profiled runtime: one row per layer kind and one for the whole model, whose
+    bound is the latency row's and whose profiled time is the sum of the kinds'."""
+    result = _run()
+    rows = result.profiles.rows
+    timed = {(r["model"], r["backend"]): r for r in result.latency.rows if r["form"] == "fused"}
+    expected = {key for key, row in timed.items() if key[1] in PROFILED and row["status"] == "ok"}
+    assert {(r["model"], r["backend"]) for r in rows} == expected >= {("repnext_m0", b) for b in PROFILED}
+    for model, backend in expected:
+        latency = timed[model, backend]
+        mine = [r for r in rows if (r["model"], r["backend"]) == (model, backend)]
+        assert [r["kind"] for r in mine] == [*KINDS, "all"]
+        whole = mine[-1]
+        assert whole["bound_ms"] == pytest.approx(latency["bound_ms"]) and whole["latency_ms"] == latency["median_ms"]
+        assert whole["profiled_ms"] > 0 and whole["profiled_ms"] == pytest.approx(
+            math.fsum(r["profiled_ms"] for r in mine[:-1])
+        )
+        assert whole["share"] == 1.0 and whole["nodes"] == sum(r["nodes"] for r in mine[:-1]) > 0
+        assert {r["kind"] for r in mine if r["profiled_ms"] > 0} >= {"1x1 conv", "depthwise kxk"}
+        assert all(r["bound_fraction"] is None or r["bound_fraction"] >= 0 for r in mine)
+
+
+def test_profiling_a_backend_that_is_not_timed_is_one_line():
+    with pytest.raises(BenchmarkError, match=r"^profiling onnxruntime needs it timed: add it to the backends"):
+        benchmark(["repnext_m0"], ["fused"], ["eager"], resolution=32, profile_backends=["onnxruntime"])
+    with pytest.raises(BenchmarkError, match=r"^no per-layer profiler for eager; choose from onnxruntime, openvino"):
+        benchmark(["repnext_m0"], ["fused"], ["eager"], resolution=32, profile_backends=["eager"])
 
 
 def test_a_model_with_nothing_to_fuse_times_its_fused_form_only():

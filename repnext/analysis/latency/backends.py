@@ -27,7 +27,8 @@ FORMS = ("unfused", "fused", "single_branch")  # single_branch: RepNeXt's fused 
 TORCH_BACKENDS = frozenset({"eager", "channels_last", "torchscript", "compile"})
 ONNX_BACKENDS = frozenset({"onnxruntime", "openvino"})
 PEAK_BACKENDS = ("eager", "onnxruntime", "openvino")  # float32 GEMM of torch, ONNX Runtime and OpenVINO
-DW_CHANNELS = 256  # channels of the reference depthwise conv (a RepNeXt-M stage 2-3 width)
+DW_CHANNELS = 256  # channels of the reference depthwise convs (a RepNeXt-M stage 2-3 width)
+DW_KERNELS = (3, 7, 11)  # their kernel sides: the depthwise kernels of these models run from 3x3 to 11x11
 _PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
 
 
@@ -220,22 +221,25 @@ def prepare_gemm(backend: str, size: int, threads: int, workdir: Path, device: t
     return prepare_onnx(path, backend, a.numpy(), threads, device)
 
 
-def prepare_dwconv(backend: str, side: int, threads: int, workdir: Path, device: torch.device = CPU):
-    """A callable doing one float32 3x3 depthwise conv of ``[1, DW_CHANNELS, side, side]`` (padding 1; ``9 x
-    DW_CHANNELS x side^2`` MACs) with ``backend``: the reference rate of depthwise layers."""
+def prepare_dwconv(backend: str, side: int, threads: int, workdir: Path, device: torch.device = CPU,
+                   kernel: int = 3):  # fmt: skip
+    """A callable doing one float32 ``kernel x kernel`` depthwise conv of ``[1, DW_CHANNELS, side, side]`` (same
+    padding; ``kernel^2 x DW_CHANNELS x side^2`` MACs) with ``backend``: a reference rate of depthwise layers."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, DW_CHANNELS, side, side, generator=generator)
-    weight = torch.randn(DW_CHANNELS, 1, 3, 3, generator=generator)
+    weight = torch.randn(DW_CHANNELS, 1, kernel, kernel, generator=generator)
+    pad = kernel // 2
     if backend == "eager":
         x, weight = x.to(device), weight.to(device)
-        return lambda: torch.nn.functional.conv2d(x, weight, padding=1, groups=DW_CHANNELS)
+        return lambda: torch.nn.functional.conv2d(x, weight, padding=pad, groups=DW_CHANNELS)
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    path = workdir / f"dwconv{side}.onnx"
+    path = workdir / f"dwconv{kernel}x{kernel}-{side}.onnx"
     if not path.exists():
         shape = [1, DW_CHANNELS, side, side]
-        conv = helper.make_node("Conv", ["X", "W"], ["Y"], group=DW_CHANNELS, pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+        conv = helper.make_node("Conv", ["X", "W"], ["Y"], group=DW_CHANNELS, pads=[pad] * 4,
+                                kernel_shape=[kernel, kernel])  # fmt: skip
         graph = helper.make_graph(
             [conv], "dwconv", [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)],
             [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],

@@ -17,9 +17,10 @@ import torch
 from ...checkpoint import CheckpointError, is_torchscript, read_checkpoint
 from ...progress import bar
 from ...tables import Table
-from ..roofline import Layer, Rates, bound_ms, cache_sizes
+from ..roofline import KINDS, Layer, Rates, bound_ms, cache_sizes
 from .backends import (
     DW_CHANNELS,
+    DW_KERNELS,
     FORMS,
     ONNX_BACKENDS,
     PEAK_BACKENDS,
@@ -43,8 +44,12 @@ THROUGHPUT_COLUMNS = ("model", "form", "backend", "device", "threads", "batch_si
                       "calls")  # fmt: skip
 BUILDER = "builder"  # the worker that only builds (every second model), beside the eager worker
 NOTHING_TO_FUSE = "not timed: fusing changes nothing (the fused form is the same module)"
-_UNITS = dict(gemm="GMAC/s", dwconv="GMAC/s", copy="GB/s", copy_l2="GB/s", copy_l3="GB/s")
+_UNITS = dict(gemm="GMAC/s", copy="GB/s", copy_l2="GB/s", copy_l3="GB/s", **dict.fromkeys(
+    (f"dwconv{k}" for k in DW_KERNELS), "GMAC/s"))  # fmt: skip
 PEAK_COLUMNS = ("kernel", "backend", "device", "threads", "size", "median_ms", "iqr_ms", "samples", "rate", "unit")
+PROFILE_COLUMNS = ("model", "form", "backend", "threads", "resolution", "kind", "nodes", "profiled_ms", "share",
+                   "bound_ms", "bound_fraction", "latency_ms")  # fmt: skip
+ALL_KINDS = "all"  # a profile's row for the whole model
 
 
 @dataclass
@@ -61,6 +66,7 @@ class BenchResult:
     skipped: list[str] = field(default_factory=list)  # one line per backend that is not installed
     foreign_cpu_s: float | None = 0.0  # CPU time other workers used during timed blocks (0 when stopped)
     blocks: int = 0
+    profiles: Table | None = None  # per-layer-kind time of the fused form on each profiled backend
 
 
 class _Run:
@@ -75,7 +81,7 @@ class _Run:
         self.spread_target, self.warmup, self.block_s, self.max_calls = spread_target, warmup, block_s, max_calls
         self.foreign: float | None = 0.0
         self.blocks = 0
-        self.layers: dict[str, list[Layer] | None] = {}  # the fused form's operators, per model (its builder's)
+        self.layers: dict[str, list[Layer]] = {}  # the fused form's operators, per model (its builder's)
 
     def _others(self, backend: str) -> list[Worker]:
         return [w for b, w in self.workers.items() if b != backend]
@@ -135,11 +141,13 @@ class _Run:
 
     def peak(self, backends: Sequence[str], gemm_size: int, copy_mib: int, dwconv_side: int,
              cache_copy_mib: Mapping[str, float]) -> list[dict[str, object]]:  # fmt: skip
-        """Rows of the reference kernels: float32 GEMM and a 3x3 depthwise conv on each of ``backends``; on torch a
-        copy of ``copy_mib`` MiB (DRAM) and one per cache level of ``cache_copy_mib`` (``{"copy_l2": MiB, ...}``)."""
-        kernels = {b: [f"peak/gemm/{b}", f"peak/dwconv/{b}"] for b in backends}
+        """Rows of the reference kernels: float32 GEMM and the depthwise convs of :data:`DW_KERNELS` on each of
+        ``backends``; on torch a copy of ``copy_mib`` MiB (DRAM) and one per cache level of ``cache_copy_mib``
+        (``{"copy_l2": MiB, ...}``)."""
+        depthwise = [f"dwconv{k}" for k in DW_KERNELS]
+        kernels = {b: [f"peak/gemm/{b}", *(f"peak/{k}/{b}" for k in depthwise)] for b in backends}
         kernels.setdefault("eager", []).extend(f"peak/{k}/eager" for k in ("copy", *cache_copy_mib))
-        sizes = dict(gemm=gemm_size, dwconv=dwconv_side, copy=copy_mib, **cache_copy_mib)
+        sizes = dict(gemm=gemm_size, copy=copy_mib, **dict.fromkeys(depthwise, dwconv_side), **cache_copy_mib)
         for backend, names in kernels.items():
             for key in names:
                 self.workers[backend].request("peak", key, key.split("/")[1], sizes[key.split("/")[1]])
@@ -149,9 +157,12 @@ class _Run:
             for key in names:
                 kernel = key.split("/")[1]
                 median, iqr, _ = spread(samples[key])
-                work = {"gemm": gemm_size**3 / 1e9, "dwconv": 9 * DW_CHANNELS * dwconv_side**2 / 1e9}.get(
-                    kernel, 2 * sizes[kernel] * 2**20 / 1e9
-                )  # GMAC, or GB read and written
+                if kernel == "gemm":
+                    work = gemm_size**3 / 1e9  # GMAC
+                elif kernel in depthwise:
+                    work = int(kernel.removeprefix("dwconv")) ** 2 * DW_CHANNELS * dwconv_side**2 / 1e9
+                else:
+                    work = 2 * sizes[kernel] * 2**20 / 1e9  # GB read and written
                 rows.append(dict(kernel=kernel, backend=backend, device=self.device, threads=self.threads,
                                  size=sizes[kernel], median_ms=median, iqr_ms=iqr, samples=len(samples[key]),
                                  rate=work / (median / 1e3), unit=_UNITS[kernel]))  # fmt: skip
@@ -187,7 +198,7 @@ class _Run:
                 except WorkerError as error:  # a model that cannot be built (its weights refused) ends the run
                     raise BenchmarkError(str(error).removeprefix(f"{BenchmarkError.__name__}: ")) from None
                 macs[name] = self.known_macs.get(name, built["macs"])
-                self.layers[name] = None if built["layers"] is None else [Layer(*t) for t in built["layers"]]
+                self.layers[name] = [Layer(*t) for t in built["layers"]]
                 for config in (c for c in configs if c[0] == name):
                     _, form, backend = config
                     if form == "unfused" and built["nothing_to_fuse"]:
@@ -227,7 +238,7 @@ def benchmark(
     block_ms: float = 20.0,
     gemm_size: int = 2048,
     copy_mib: int = 128,
-    dwconv_side: int = 56,
+    dwconv_side: int = 28,
     group_size: int = 4,
     tolerance: float = 1e-4,
     throughput_seconds: tuple[float, float] = (5.0, 10.0),
@@ -236,6 +247,8 @@ def benchmark(
     weights: str | None = None,
     macs: Mapping[str, float] | None = None,
     progress: bool = False,
+    profile_backends: Sequence[str] = (),
+    profile_calls: int = 5,
 ) -> BenchResult:
     """Batch-1 latency of every ``model x form x backend``, each backend in its own worker process and
     timed with every other worker stopped, against the machine's measured peak (see the package docstring).
@@ -252,6 +265,9 @@ def benchmark(
     :func:`repnext.weights.load_weights` (default: seeded random weights). ``macs`` gives fvcore MACs
     already counted at ``resolution`` (e.g. :func:`repnext.analysis.stats.known_macs`); the others are counted.
     ``progress`` shows a bar on stderr: models done, and what the run is doing now.
+    ``profile_backends`` (of ``onnxruntime``, ``openvino``, where timed) profile every model's verified fused form
+    after it was timed, isolated as timing is: ``profile_calls`` calls by the runtime's own per-node profiler,
+    each node's time under its layer kind, beside that kind's roofline bound (``profiles``).
     """
     dev = check_device(device)
     skipped = []
@@ -273,7 +289,12 @@ def benchmark(
     started = list(dict.fromkeys(["eager", *backends, *peak_backends]))
     if len(models) > 1 and dev.type == "cpu" and (os.cpu_count() or 1) > 1:
         started.append(BUILDER)  # building and exporting are single-threaded: a second builder uses the other core
-    latency_rows, throughput_rows = [], []
+    profiled = [b for b in dict.fromkeys(profile_backends) if not (skip_missing and missing_requirement(b))]
+    if unknown := sorted(set(profiled) - ONNX_BACKENDS):
+        raise BenchmarkError(f"no per-layer profiler for {', '.join(unknown)}; choose from onnxruntime, openvino")
+    if untimed := [b for b in profiled if b not in backends or "fused" not in forms]:
+        raise BenchmarkError(f"profiling {untimed[0]} needs it timed: add it to the backends and the fused form")
+    latency_rows, throughput_rows, profile_rows = [], [], []
     with tempfile.TemporaryDirectory(prefix="repnext-bench-") as tmp, contextlib.ExitStack() as stack:
         status_bar = stack.enter_context(bar(desc="bench", enabled=progress, total=len(models)))
         status_bar.set_postfix_str("starting workers")
@@ -308,7 +329,7 @@ def benchmark(
                 row = dict(model=name, form=form, backend=backend, device=dev.type, threads=threads,
                            resolution=resolution, macs_g=counts[name] / 1e9, peak_gmacs=peak,
                            max_abs_error=errors.get(config), status=status[config])  # fmt: skip
-                bound = None if rates is None or run.layers.get(name) is None else bound_ms(run.layers[name], rates)[0]
+                bound = None if rates is None else bound_ms(run.layers[name], rates)[0]
                 row["bound_ms"] = bound
                 times = samples.get("/".join(config))
                 if times:
@@ -324,6 +345,13 @@ def benchmark(
                                                     threads=threads, batch_size=batch_size, resolution=resolution,
                                                     images_per_s=images, calls=count))  # fmt: skip
                 latency_rows.append(row)
+            timed = {(r["model"], r["form"], r["backend"]): r for r in latency_rows}
+            for backend in profiled:
+                for name in (c[0] for c in ok if c[1:] == ("fused", backend)):
+                    status_bar.set_postfix_str(f"profiling {name} on {backend}")
+                    profile = run.isolated(backend, "profile", name, "fused", resolution, profile_calls, warmup)
+                    bounds = None if rates is None else bound_ms(run.layers[name], rates)
+                    profile_rows += _profile_rows(profile, bounds, timed[name, "fused", backend])
             run.resume_all()
             for worker in workers.values():
                 worker.request("release", group)
@@ -338,7 +366,30 @@ def benchmark(
         peaks=Table(PEAK_COLUMNS, peak_rows, dict(median_ms=".3f", iqr_ms=".3f", rate=".1f"), ("kernel", "backend")),
         peak_gmacs=peak, peak_backend=best["backend"] if best else None, copy_gb_per_s=copy_rate, pids=pids,
         skipped=skipped, foreign_cpu_s=run.foreign, blocks=run.blocks,
+        profiles=Table(PROFILE_COLUMNS, profile_rows, _PROFILE_FLOATS, ("model", "backend")) if profiled else None,
     )  # fmt: skip
+
+
+_PROFILE_FLOATS = dict(profiled_ms=".3f", share=".3f", bound_ms=".3f", bound_fraction=".3f", latency_ms=".2f")
+
+
+def _profile_rows(profile: Mapping[str, object], bounds: tuple[float, dict[str, float]] | None,
+                  timed: Mapping[str, object]) -> list[dict]:  # fmt: skip
+    """A profile of the timed configuration ``timed`` (its latency row), one row per layer kind of :data:`KINDS`
+    and one for the whole model (``all``, with the timed median)."""
+    total = float(profile["total_ms"])
+    by_kind = {**profile["ms"], ALL_KINDS: total}
+    bound = {} if bounds is None else {**bounds[1], ALL_KINDS: bounds[0]}
+    nodes = {**profile["nodes"], ALL_KINDS: sum(profile["nodes"].values())}
+    key = {c: timed[c] for c in ("model", "form", "backend", "threads", "resolution")}
+    rows = []
+    for kind in (*KINDS, ALL_KINDS):
+        measured, limit = by_kind[kind], bound.get(kind)
+        rows.append(dict(**key, kind=kind, nodes=nodes.get(kind, 0), profiled_ms=measured,
+                         share=measured / total if total else None, bound_ms=limit,
+                         bound_fraction=limit / measured if limit is not None and measured > 0 else None,
+                         latency_ms=timed.get("median_ms") if kind == ALL_KINDS else None))  # fmt: skip
+    return rows
 
 
 def _collect(worker: Worker, config: tuple[str, str, str], status: dict, errors: dict) -> None:
@@ -387,12 +438,14 @@ def cache_levels(threads: int, dram_mib: float) -> dict[str, tuple[float, float]
 
 
 def machine_rates(peak_rows: Sequence[Mapping[str, object]], capacities: Mapping[str, float]) -> Rates | None:
-    """The roofline's rates from a run's reference kernels: the best GEMM and the best depthwise conv over the
-    backends, and the copy bandwidth per memory level (``capacities``: bytes per cache-level copy kernel; the DRAM
-    copy, ``copy``, holds everything)."""
-    best = {k: max((r["rate"] for r in peak_rows if r["kernel"] == k), default=None) for k in ("gemm", "dwconv")}
+    """The roofline's rates from a run's reference kernels: the best GEMM and, per kernel size, the best depthwise
+    conv over the backends, and the copy bandwidth per memory level (``capacities``: bytes per cache-level copy
+    kernel; the DRAM copy, ``copy``, holds everything)."""
+    kinds = ("gemm", *(f"dwconv{k}" for k in DW_KERNELS))
+    best = {k: max((r["rate"] for r in peak_rows if r["kernel"] == k), default=None) for k in kinds}
     copies = {r["kernel"]: r["rate"] for r in peak_rows if str(r["kernel"]).startswith("copy")}
-    if best["gemm"] is None or best["dwconv"] is None or "copy" not in copies:
+    depthwise = tuple((k * k, best[f"dwconv{k}"]) for k in DW_KERNELS if best[f"dwconv{k}"] is not None)
+    if best["gemm"] is None or not depthwise or "copy" not in copies:
         return None
     levels = sorted((capacities[k], rate) for k, rate in copies.items() if k in capacities)
-    return Rates(best["gemm"], best["dwconv"], (*levels, (math.inf, copies["copy"])))
+    return Rates(best["gemm"], depthwise, (*levels, (math.inf, copies["copy"])))

@@ -73,7 +73,7 @@ class Session:
 
         Returns ``{"macs": fvcore MACs of the fused form (``None`` unless ``count``), "onnx_errors": {form:
         one line}, "nothing_to_fuse": bool, "layers": the fused form's operators (:func:`repnext.analysis.roofline.
-        layers`, as tuples; ``None`` where torch.export cannot capture it)}``.
+        layers`, as tuples)}``.
         """
         from ..roofline import layers
         from ..stats import count_macs
@@ -103,10 +103,7 @@ class Session:
                 if form in pickle_forms:
                     torch.save(net, artifact(self.workdir, model, form, ".pt"))
             macs = count_macs(nets["fused"], resolution)[0] if count else None
-            try:
-                found = [astuple(layer) for layer in layers(nets["fused"], resolution)]
-            except Exception:  # a model torch.export cannot capture gets no bound, and is still timed
-                found = None
+            found = [astuple(layer) for layer in layers(nets["fused"], resolution)]
         self.models.update({(model, form): net for form, net in nets.items() if form in forms})
         return {"macs": macs, "onnx_errors": errors, "nothing_to_fuse": nothing_to_fuse, "layers": found}
 
@@ -142,13 +139,27 @@ class Session:
             self.batched[key] = batched
         return {"max_abs_error": error}
 
+    def profile(self, model: str, form: str, resolution: int, calls: int, warmup: int) -> dict[str, object]:
+        """Per-layer-kind ms of ``model`` in ``form`` on this ONNX backend, from the runtime's own profiler
+        (:mod:`repnext.analysis.latency.profiles`), on a fresh session of the file that was timed."""
+        from .profiles import profile_onnxruntime, profile_openvino
+
+        path, x = artifact(self.workdir, model, form, ".onnx"), self._input(resolution).cpu().numpy()
+        if self.backend == "onnxruntime":
+            return profile_onnxruntime(path, x, self.threads, calls, warmup, self.workdir)
+        if self.backend == "openvino":
+            return profile_openvino(path, x, self.threads, calls, warmup)
+        raise ValueError(f"backend {self.backend!r} has no per-layer profiler here (onnxruntime, openvino)")
+
     def peak(self, key: str, kernel: str, size: float) -> None:
-        """Prepare a reference kernel: ``gemm`` (``size^3`` MACs), ``dwconv`` (a 3x3 depthwise conv on a
-        ``size x size`` map) or a copy (``copy``, ``copy_l2``, ``copy_l3``: ``size`` MiB)."""
+        """Prepare a reference kernel: ``gemm`` (``size^3`` MACs), ``dwconv3``, ``dwconv7``, ``dwconv11`` (a
+        depthwise conv of that kernel side on a ``size x size`` map) or a copy (``copy``, ``copy_l2``, ``copy_l3``:
+        ``size`` MiB)."""
         if kernel == "gemm":
             self.calls[key] = prepare_gemm(self.backend, int(size), self.threads, self.workdir, self.device)
-        elif kernel == "dwconv":
-            self.calls[key] = prepare_dwconv(self.backend, int(size), self.threads, self.workdir, self.device)
+        elif kernel.startswith("dwconv"):
+            self.calls[key] = prepare_dwconv(self.backend, int(size), self.threads, self.workdir, self.device,
+                                             int(kernel.removeprefix("dwconv")))  # fmt: skip
         else:
             self.calls[key] = prepare_copy(size, self.device)
 
