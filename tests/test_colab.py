@@ -67,8 +67,11 @@ def test_the_notebook_installs_repnext_with_its_dependencies_and_runs_in_colab(t
     executed = json.loads((work / "executed.ipynb").read_text())
     install = next(c for c in executed["cells"] if "REPNEXT_PIP_SOURCE" in "".join(c["source"]))
     assert install["metadata"]["papermill"]["status"] == "completed"
-    where = subprocess.run([python, "-c", "import repnext, torch; print(repnext.__file__); print(torch.__file__)"],
-                           cwd=work, env=env, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    # where each package would be imported from (find_spec locates a top-level package without importing it)
+    find = "import importlib.util as u; print(u.find_spec('repnext').origin); print(u.find_spec('torch').origin)"
+    where = subprocess.run(
+        [python, "-c", find], cwd=work, env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert Path(where[0]).is_relative_to(runtime), "repnext comes from the installed wheel, not the checkout"
     assert not Path(where[1]).is_relative_to(runtime), "the runtime's own torch stays; pip installed no other"
     assert sorted(p.name for p in (work / "figures" / "recnext_m0").glob("*.pdf")) == ["chelsea-stage0-block1.pdf"]
