@@ -10,6 +10,7 @@ removed, so no partial figure or table is left behind.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -110,14 +111,16 @@ def run_notebook(source: str | os.PathLike, output: str | os.PathLike, parameter
             cwd=os.getcwd(), progress_bar=False, log_output=False, report_mode=False,
             kernel_manager_class=ServedKernelManager,
         )  # fmt: skip
-    except papermill.PapermillExecutionError as error:
+    except papermill.PapermillExecutionError as error:  # the executed copy stays, for the traceback in its cells
         _remove_new_files(before)
         raise StageError(f"{source}: {error.ename}: {error.evalue} (executed copy: {scratch})") from None
     except Exception as error:  # the kernel died or never started (nbclient's DeadKernelError, RuntimeError, ...)
         _remove_new_files(before)
+        shutil.rmtree(scratch.parent, ignore_errors=True)
         raise StageError(f"{source}: the notebook's kernel failed: {one_line(error)}") from None
     except BaseException:
         _remove_new_files(before)
+        shutil.rmtree(scratch.parent, ignore_errors=True)
         raise
     nb = clean_notebook(nbformat.read(scratch, as_version=4))
     with atomic_path(output) as tmp:

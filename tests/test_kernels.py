@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 
 import nbformat
@@ -104,6 +105,10 @@ def test_a_kernel_that_dies_mid_run_is_one_line_and_leaves_nothing(tmp_path, mon
     nb.cells[0].metadata["tags"] = ["parameters"]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "dies.ipynb")
+    scratch = tmp_path / "scratch"  # where run_notebook's temporary folder goes
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     with pytest.raises(StageError, match=r"^dies\.ipynb: the notebook's kernel failed: DeadKernelError: "):
         run_notebook("dies.ipynb", "out.ipynb", {})
     assert not (tmp_path / "out.ipynb").exists() and not (tmp_path / "artifacts" / "partial.txt").exists()
+    assert list(scratch.iterdir()) == []  # nor its half-executed copy
