@@ -205,7 +205,9 @@ def _backend_list(value, section):
 
 def _profiled_backends(value, section):
     """Runtimes with a per-layer profiler, each one the section also times, on the fused form."""
-    timed = [b for b in section.get("backends") or [] if b in ("onnxruntime", "openvino")]
+    from .analysis.latency.backends import ONNX_BACKENDS
+
+    timed = [b for b in section.get("backends") or [] if b in ONNX_BACKENDS]
     ok = isinstance(value, list) and value and all(isinstance(v, str) and v in timed for v in value)
     if ok and "fused" in (section.get("forms") or ["fused"]):
         return None

@@ -25,8 +25,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 KINDS = ("1x1 conv", "depthwise kxk", "dense kxk", "matmul", "resampling", "normalisation", "element-wise", "layout")
 # ATen operators as a forward pass dispatches them (torch.nn.functional's composites decomposed, e.g. linear into
 # t and addmm). A mean over H and W is timm's global pooling (ONNX: ReduceMean or GlobalAveragePool).
-_MATMUL = {"mm", "bmm", "addmm", "baddbmm", "matmul", "linear", "_scaled_dot_product_flash_attention_for_cpu",
-           "_scaled_dot_product_efficient_attention", "scaled_dot_product_attention"}  # fmt: skip
+_SDPA = {"_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
+         "scaled_dot_product_attention"}  # fmt: skip
+_MATMUL = {"mm", "bmm", "addmm", "baddbmm", "matmul", "linear", *_SDPA}
 _RESAMPLING = {"upsample_bilinear2d", "upsample_nearest2d", "upsample_bicubic2d", "_upsample_bilinear2d_aa",
                "avg_pool2d", "max_pool2d", "max_pool2d_with_indices", "_adaptive_avg_pool2d", "adaptive_avg_pool2d",
                "adaptive_max_pool2d", "pixel_shuffle", "pixel_unshuffle", "mean", "amax"}  # fmt: skip
@@ -37,8 +38,6 @@ _VIEWS = {"view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expan
           "unflatten", "flatten", "view_as_real", "lift_fresh"}  # fmt: skip
 _COPIES = {"cat", "stack", "clone", "index", "constant_pad_nd", "reflection_pad2d", "roll", "zeros_like",
            "new_zeros", "zeros", "empty", "copy_", "_to_copy", "contiguous", "fill_"}  # fmt: skip
-_SDPA = {"_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
-         "scaled_dot_product_attention"}  # fmt: skip
 
 
 @dataclass(frozen=True)

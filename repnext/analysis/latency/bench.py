@@ -17,7 +17,7 @@ import torch
 from ...checkpoint import CheckpointError, is_torchscript, read_checkpoint
 from ...progress import bar
 from ...tables import Table
-from ..roofline import KINDS, Layer, Rates, bound_ms, cache_sizes
+from ..roofline import Layer, Rates, bound_ms, cache_sizes
 from .backends import (
     DW_CHANNELS,
     DW_KERNELS,
@@ -32,6 +32,7 @@ from .backends import (
     has_single_branch,
     missing_requirement,
 )
+from .profiles import PROFILE_COLUMNS, PROFILE_FLOATS, profile_rows
 from .timing import spread
 from .workers import Worker, WorkerError, timed_block
 
@@ -47,9 +48,6 @@ NOTHING_TO_FUSE = "not timed: fusing changes nothing (the fused form is the same
 _UNITS = dict(gemm="GMAC/s", copy="GB/s", copy_l2="GB/s", copy_l3="GB/s", **dict.fromkeys(
     (f"dwconv{k}" for k in DW_KERNELS), "GMAC/s"))  # fmt: skip
 PEAK_COLUMNS = ("kernel", "backend", "device", "threads", "size", "median_ms", "iqr_ms", "samples", "rate", "unit")
-PROFILE_COLUMNS = ("model", "form", "backend", "threads", "resolution", "kind", "nodes", "profiled_ms", "share",
-                   "bound_ms", "bound_fraction", "latency_ms")  # fmt: skip
-ALL_KINDS = "all"  # a profile's row for the whole model
 
 
 @dataclass
@@ -291,10 +289,12 @@ def benchmark(
         started.append(BUILDER)  # building and exporting are single-threaded: a second builder uses the other core
     profiled = [b for b in dict.fromkeys(profile_backends) if not (skip_missing and missing_requirement(b))]
     if unknown := sorted(set(profiled) - ONNX_BACKENDS):
-        raise BenchmarkError(f"no per-layer profiler for {', '.join(unknown)}; choose from onnxruntime, openvino")
+        raise BenchmarkError(
+            f"no per-layer profiler for {', '.join(unknown)}; choose from {', '.join(sorted(ONNX_BACKENDS))}"
+        )
     if untimed := [b for b in profiled if b not in backends or "fused" not in forms]:
         raise BenchmarkError(f"profiling {untimed[0]} needs it timed: add it to the backends and the fused form")
-    latency_rows, throughput_rows, profile_rows = [], [], []
+    latency_rows, throughput_rows, profiled_rows = [], [], []
     with tempfile.TemporaryDirectory(prefix="repnext-bench-") as tmp, contextlib.ExitStack() as stack:
         status_bar = stack.enter_context(bar(desc="bench", enabled=progress, total=len(models)))
         status_bar.set_postfix_str("starting workers")
@@ -324,12 +324,13 @@ def benchmark(
             keys = {b: ["/".join(c) for c in ok if c[2] == b] for b in backends}
             status_bar.set_postfix_str(f"timing {', '.join(group)}")
             samples, done = run.time(keys)
+            bounds = {name: None if rates is None else bound_ms(run.layers[name], rates) for name in group}
             for config in (c for c in configs if c[0] in group):
                 name, form, backend = config
                 row = dict(model=name, form=form, backend=backend, device=dev.type, threads=threads,
                            resolution=resolution, macs_g=counts[name] / 1e9, peak_gmacs=peak,
                            max_abs_error=errors.get(config), status=status[config])  # fmt: skip
-                bound = None if rates is None else bound_ms(run.layers[name], rates)[0]
+                bound = None if bounds[name] is None else bounds[name][0]
                 row["bound_ms"] = bound
                 times = samples.get("/".join(config))
                 if times:
@@ -350,8 +351,7 @@ def benchmark(
                 for name in (c[0] for c in ok if c[1:] == ("fused", backend)):
                     status_bar.set_postfix_str(f"profiling {name} on {backend}")
                     profile = run.isolated(backend, "profile", name, "fused", resolution, profile_calls, warmup)
-                    bounds = None if rates is None else bound_ms(run.layers[name], rates)
-                    profile_rows += _profile_rows(profile, bounds, timed[name, "fused", backend])
+                    profiled_rows += profile_rows(profile, bounds[name], timed[name, "fused", backend])
             run.resume_all()
             for worker in workers.values():
                 worker.request("release", group)
@@ -366,30 +366,8 @@ def benchmark(
         peaks=Table(PEAK_COLUMNS, peak_rows, dict(median_ms=".3f", iqr_ms=".3f", rate=".1f"), ("kernel", "backend")),
         peak_gmacs=peak, peak_backend=best["backend"] if best else None, copy_gb_per_s=copy_rate, pids=pids,
         skipped=skipped, foreign_cpu_s=run.foreign, blocks=run.blocks,
-        profiles=Table(PROFILE_COLUMNS, profile_rows, _PROFILE_FLOATS, ("model", "backend")) if profiled else None,
+        profiles=Table(PROFILE_COLUMNS, profiled_rows, PROFILE_FLOATS, ("model", "backend")) if profiled else None,
     )  # fmt: skip
-
-
-_PROFILE_FLOATS = dict(profiled_ms=".3f", share=".3f", bound_ms=".3f", bound_fraction=".3f", latency_ms=".2f")
-
-
-def _profile_rows(profile: Mapping[str, object], bounds: tuple[float, dict[str, float]] | None,
-                  timed: Mapping[str, object]) -> list[dict]:  # fmt: skip
-    """A profile of the timed configuration ``timed`` (its latency row), one row per layer kind of :data:`KINDS`
-    and one for the whole model (``all``, with the timed median)."""
-    total = float(profile["total_ms"])
-    by_kind = {**profile["ms"], ALL_KINDS: total}
-    bound = {} if bounds is None else {**bounds[1], ALL_KINDS: bounds[0]}
-    nodes = {**profile["nodes"], ALL_KINDS: sum(profile["nodes"].values())}
-    key = {c: timed[c] for c in ("model", "form", "backend", "threads", "resolution")}
-    rows = []
-    for kind in (*KINDS, ALL_KINDS):
-        measured, limit = by_kind[kind], bound.get(kind)
-        rows.append(dict(**key, kind=kind, nodes=nodes.get(kind, 0), profiled_ms=measured,
-                         share=measured / total if total else None, bound_ms=limit,
-                         bound_fraction=limit / measured if limit is not None and measured > 0 else None,
-                         latency_ms=timed.get("median_ms") if kind == ALL_KINDS else None))  # fmt: skip
-    return rows
 
 
 def _collect(worker: Worker, config: tuple[str, str, str], status: dict, errors: dict) -> None:

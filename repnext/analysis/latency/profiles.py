@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,10 @@ if TYPE_CHECKING:  # plotting imports matplotlib and pandas only when a figure i
     import pandas as pd
     from matplotlib.figure import Figure
 
+ALL_KINDS = "all"  # a profile's row for the whole model
+PROFILE_COLUMNS = ("model", "form", "backend", "threads", "resolution", "kind", "nodes", "profiled_ms", "share",
+                   "bound_ms", "bound_fraction", "latency_ms")  # fmt: skip
+PROFILE_FLOATS = dict(profiled_ms=".3f", share=".3f", bound_ms=".3f", bound_fraction=".3f", latency_ms=".2f")
 CONVOLUTIONS = frozenset({"Conv", "FusedConv", "Convolution", "GroupConvolution"})
 _MATMUL = {"Gemm", "MatMul", "FusedMatMul", "FusedGemm", "FullyConnected", "ScaledDotProductAttention", "Attention"}
 _RESAMPLING = {"Resize", "Interpolate", "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "Pooling",
@@ -134,12 +138,31 @@ def profile_onnxruntime(path: str | Path, array: np.ndarray, threads: int, calls
     return _per_call(measured, dict(counts))
 
 
+def profile_rows(profile: Mapping[str, object], bounds: tuple[float, dict[str, float]] | None,
+                  timed: Mapping[str, object]) -> list[dict]:  # fmt: skip
+    """A profile of the timed configuration ``timed`` (its latency row), one row per layer kind of :data:`KINDS`
+    and one for the whole model (``all``, with the timed median)."""
+    total = float(profile["total_ms"])
+    by_kind = {**profile["ms"], ALL_KINDS: total}
+    bound = {} if bounds is None else {**bounds[1], ALL_KINDS: bounds[0]}
+    nodes = {**profile["nodes"], ALL_KINDS: sum(profile["nodes"].values())}
+    key = {c: timed[c] for c in ("model", "form", "backend", "threads", "resolution")}
+    rows = []
+    for kind in (*KINDS, ALL_KINDS):
+        measured, limit = by_kind[kind], bound.get(kind)
+        rows.append(dict(**key, kind=kind, nodes=nodes.get(kind, 0), profiled_ms=measured,
+                         share=measured / total if total else None, bound_ms=limit,
+                         bound_fraction=limit / measured if limit is not None and measured > 0 else None,
+                         latency_ms=timed.get("median_ms") if kind == ALL_KINDS else None))  # fmt: skip
+    return rows
+
+
 def plot_profiles(profiles: pd.DataFrame, models: Sequence[str]) -> Figure:
     """For each of ``models`` (rows) and profiled backend (columns): per layer kind, the time the runtime's
     profiler measured beside the kind's roofline bound (ms). Kinds with neither are left out."""
     from matplotlib.figure import Figure
 
-    frame = profiles[profiles.model.isin(models) & profiles.kind.ne("all")]
+    frame = profiles[profiles.model.isin(models) & profiles.kind.ne(ALL_KINDS)]
     backends = sorted(frame.backend.unique())
     shown = [m for m in models if m in set(frame.model)]
     fig = Figure(figsize=(4.2 * len(backends), 1.9 * len(shown) + 0.9), layout="constrained")
@@ -170,7 +193,7 @@ def plot_bound_fractions(profiles: pd.DataFrame) -> Figure:
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
 
-    frame = profiles[profiles.kind.ne("all")]
+    frame = profiles[profiles.kind.ne(ALL_KINDS)]
     backends = sorted(frame.backend.unique())
     models = sorted(frame.model.unique())
     fig = Figure(figsize=(3.4 * len(backends) + 2.4, 0.17 * len(models) + 2.4), layout="constrained")
