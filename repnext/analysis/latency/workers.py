@@ -62,11 +62,23 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def _stopped(pid: int) -> bool | None:
-    """Whether ``pid`` is stopped (state ``T``), from ``/proc``; ``None`` where that cannot be read."""
+    """Whether every thread of ``pid`` is stopped (state ``T``), from ``/proc``; ``None`` where that cannot be read.
+
+    Each thread stops on its own: the main thread can show ``T`` while a pool thread still finishes its time slice.
+    """
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "Tt"
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return None
+    return all(_thread_state(task) in "Tt" for task in tasks)
+
+
+def _thread_state(task: Path) -> str:
+    """One thread's state letter from ``/proc/PID/task/TID/stat``; ``T`` for a thread that has exited meanwhile."""
+    try:
+        return (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "T"
 
 
 @functools.cache
