@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     forms = stats.add_mutually_exclusive_group()
     forms.add_argument("--fused", dest="forms", action="store_const", const=["deploy"], help="deploy form (default)")
     forms.add_argument("--unfused", dest="forms", action="store_const", const=["train"], help="training form")
-    forms.add_argument("--form", dest="forms", action="append", choices=("train", "deploy", "single_branch"))
+    forms.add_argument("--form", dest="forms", action="append",
+                       choices=("train", "deploy", "single_branch", "two_branch"))  # fmt: skip
     stats.add_argument("--format", choices=FORMATS, default="md")
     stats.add_argument("-o", "--output", help="write here instead of stdout; the suffix picks the format")
     progress.add_arguments(stats)
@@ -332,8 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     forms = bench.add_mutually_exclusive_group()
     forms.add_argument("--fused", dest="forms", action="store_const", const=["fused"], help="fused form only")
     forms.add_argument("--unfused", dest="forms", action="store_const", const=["unfused"], help="training form only")
-    forms.add_argument("--form", dest="forms", action="append", choices=("unfused", "fused", "single_branch"),
-                       help="repeatable; single_branch: RepNeXt's fused form with one kxk conv per mixer")  # fmt: skip
+    forms.add_argument("--form", dest="forms", action="append",
+                       choices=("unfused", "fused", "single_branch", "two_branch"),
+                       help="repeatable; single_branch / two_branch: RepNeXt's fused form with one kxk conv per "
+                            "mixer / one square conv beside the separable one")  # fmt: skip
     bench.add_argument("--backend", dest="backends", action="append", metavar="NAME", help="repeatable; "
                        "eager (default), channels_last, torchscript, onnxruntime, openvino, compile")  # fmt: skip
     bench.add_argument("--weights", help="for repnext variants: pretrained, hf-hub:ID, a checkpoint or fused "

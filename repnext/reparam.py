@@ -415,25 +415,34 @@ def fold_output_affine(module: nn.Module, scale: Tensor, shift: Tensor) -> nn.Mo
 
 
 def has_single_branch_form(model: nn.Module) -> bool:
-    """Whether ``reparameterize(model, single_branch=True)`` differs from the default (some ``merge_branches()``)."""
+    """Whether ``reparameterize(model, single_branch=True)`` (and ``two_branch=True``) differs from the default (some
+    ``merge_branches()``)."""
     return any(hasattr(module, "merge_branches") for module in model.modules())
 
 
 @torch.no_grad()
-def reparameterize(model: nn.Module, inplace: bool = False, single_branch: bool = False) -> nn.Module:
+def reparameterize(
+    model: nn.Module, inplace: bool = False, single_branch: bool = False, two_branch: bool = False
+) -> nn.Module:
     """Return the inference form of ``model``: every module with ``fuse()`` replaced by its result.
 
     Same walk as ``timm.utils.reparameterize_model`` (so both give the same model). With
     ``single_branch=True`` every module with ``merge_branches()`` is then collapsed further into
-    its single-branch equivalent (e.g. RepNeXt's ChunkConv into one depthwise 11x11 conv).
+    its single-branch equivalent (e.g. RepNeXt's ChunkConv into one depthwise 11x11 conv); with
+    ``two_branch=True`` every module with ``merge_square_branches()`` keeps two (RepNeXt's ChunkConv:
+    one depthwise 7x7 conv beside its separable 1x11 then 11x1).
     Idempotent: a fused model has nothing left to fuse. Call on a model in ``eval()``
     semantics: BatchNorm running statistics are folded in.
     """
+    if single_branch and two_branch:
+        raise ValueError("reparameterize: single_branch and two_branch are two different forms; choose one")
     if not inplace:
         model = copy.deepcopy(model)
     _replace_children(model, "fuse")
     if single_branch:
         _replace_children(model, "merge_branches")
+    if two_branch:
+        _replace_children(model, "merge_square_branches")
     return model
 
 

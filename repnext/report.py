@@ -255,6 +255,46 @@ def _show_file(root: Path, path: str, siblings: list[str], base: Path) -> str:
     return caption + table
 
 
+CLAIMS_TABLES = ("artifacts/tables/claims.csv", "artifacts/tables/latency_claims_cpu.csv")  # exact, timed
+_VERDICT_CLASS = {"holds": "ok", "not testable here": "note"}
+
+
+def ledger_html(root: Path, stages: list[StageReport], base: Path) -> str:
+    """The claims ledger (the ``claims`` stage's exact table) for the top of the page: its verdicts counted, and
+    each claim with its verdict, its detail and a link to the section of the stage that wrote its evidence.
+    Empty where the table is absent; the ledger of claims judged on latency is linked (a time measurement)."""
+    path = root / CLAIMS_TABLES[0]
+    if not path.is_file():
+        return ""
+    claims = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    writers = {file: s.name for s in stages for o in s.outputs for file in (o.path, *o.files)}
+    counts: dict[str, int] = {}
+    for claim in claims:
+        counts[claim["verdict"]] = counts.get(claim["verdict"], 0) + 1
+
+    def evidence(claim: Mapping[str, str]) -> str:
+        if claim["evidence"] not in writers:
+            return _escape(claim["evidence"])
+        return f'<a href="#{_anchor(writers[claim["evidence"]])}">{_escape(posixpath.basename(claim["evidence"]))}</a>'
+
+    body = "".join(
+        f"<tr><td>{_escape(c['id'])}</td><td>{_escape(c['claim'])}<br><small>{_escape(c['source'])}</small></td>"
+        f'<td class="{_VERDICT_CLASS.get(c["verdict"], "warn")}">{_escape(c["verdict"])}</td>'
+        f"<td>{_escape(c['detail'])}</td><td>{evidence(c)}</td></tr>\n"
+        for c in claims
+    )
+    head = "<thead><tr><th>id</th><th>claim</th><th>verdict</th><th>detail</th><th>evidence</th></tr></thead>"
+    timed = root / CLAIMS_TABLES[1]
+    timed_link = f" Judged on latency: {_link(str(timed), base)} (a time measurement)." if timed.is_file() else ""
+    summary = "; ".join(f"{_escape(verdict)}: {count}" for verdict, count in counts.items())
+    return (
+        '<section id="claims">\n<h2>claims ledger</h2>\n'
+        f"<p>Every checkable claim of the papers' READMEs and model cards, judged by its rule on a table of this "
+        f"pipeline ({len(claims)} claims; {summary}).{timed_link}</p>\n"
+        f'<div class="scroll"><table>\n{head}\n<tbody>\n{body}</tbody></table></div>\n</section>\n'
+    )
+
+
 _STATE_CLASS = {"matches dvc.lock": "ok", "in DVC's cache (not in git)": "ok"}
 
 _STYLE = """
@@ -302,6 +342,7 @@ def report_html(stages: list[StageReport], root: str | os.PathLike, html_path: s
         + "</p>\n<nav><ul>\n",
         "".join(f'<li><a href="#{_anchor(s.name)}">{_escape(s.name)}</a></li>\n' for s in stages),
         "</ul></nav>\n",
+        ledger_html(root, stages, base),
     ]
     for stage in stages:
         parts.append(f'<section id="{_anchor(stage.name)}">\n<h2>{_escape(stage.name)}</h2>\n')

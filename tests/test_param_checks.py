@@ -78,6 +78,7 @@ BAD = [
     ("reparam_tutorial", "dtypes", ["float8"], "item 0 ('float8') is not a dtype: one of float16"),
     ("erf", "stage", 4, "expected a stage index of repnext_m0, recnext_m0, recnext_a0 (0 to 3)"),
     ("paper_results", "upstream_dir", "logs/nowhere", "expected an existing folder"),
+    ("claims", "claims_file", "repnext/data/nowhere.csv", "expected an existing file"),
 ]
 
 

@@ -102,6 +102,19 @@ def test_report_page_is_offline_deterministic_and_shows_every_figure_and_table(p
     assert html.count("matches dvc.lock") == 3 and "not in dvc.lock" in html
 
 
+def test_the_page_opens_with_the_claims_ledger_linking_each_claim_to_its_evidence(tmp_path):
+    root = _project(tmp_path / "claims")
+    ledger = ("id,kind,claim,source,verdict,detail,evidence\n"
+              "A-1,equivalence,It is exact,a README,holds,2 of 2 rows meet passed == True,artifacts/tables/make.csv\n"
+              "A-2,latency,It is fast,a README,not testable here,needs an iPhone,\n")  # fmt: skip
+    (root / "artifacts" / "tables" / "claims.csv").write_text(ledger)
+    html = render_report(root / "artifacts" / "report.html", root=root).read_text()
+    assert html.index('<section id="claims">') < html.index('<section id="stage-make">')
+    assert "2 claims; holds: 1; not testable here: 1" in html
+    assert '<td class="ok">holds</td>' in html and '<a href="#stage-make">make.csv</a>' in html
+    assert "<td>needs an iPhone</td>" in html
+
+
 def test_a_failed_verification_row_or_a_broken_lock_fails_with_one_line_and_writes_nothing(tmp_path, monkeypatch):
     failing = _project(tmp_path / "failing")
     (failing / "artifacts" / "tables" / "make.csv").write_text("model,passed\nm0,false\n")

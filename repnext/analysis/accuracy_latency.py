@@ -124,11 +124,11 @@ _RUNTIMES = {"eager": ("torch", "NCHW"), "channels_last": ("torch", "NHWC")}  # 
 
 
 def summarize_forms(runs: pd.DataFrame) -> Table:
-    """Per model and runtime, the fastest verified inference form: the fused form or RepNeXt's single-branch form,
-    and for torch eager the memory layout (``eager`` is NCHW, ``channels_last`` NHWC); ``fused_ms`` is the fused
-    form in the runtime's default layout, ``speedup`` its time over the fastest's. ONNX Runtime and OpenVINO pick
-    their layouts themselves (``fastest_layout`` empty)."""
-    runs = runs[runs.form.isin(["fused", "single_branch"]) & runs.status.eq("ok")]
+    """Per model and runtime, the fastest verified inference form: the fused form or RepNeXt's single- or
+    two-branch form, and for torch eager the memory layout (``eager`` is NCHW, ``channels_last`` NHWC);
+    ``fused_ms`` is the fused form in the runtime's default layout, ``speedup`` its time over the fastest's.
+    ONNX Runtime and OpenVINO pick their layouts themselves (``fastest_layout`` empty)."""
+    runs = runs[runs.form.isin(["fused", "single_branch", "two_branch"]) & runs.status.eq("ok")]
     runs = runs.assign(runtime=[_RUNTIMES.get(b, (b, ""))[0] for b in runs.backend],
                        layout=[_RUNTIMES.get(b, (b, ""))[1] for b in runs.backend])  # fmt: skip
     rows = []

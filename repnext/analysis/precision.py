@@ -20,17 +20,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..distributed import runtime
 from ..plotting import use_style
 from ..registry import check_model_name, create_model
 from ..tables import Table
 from .equivalence import compare_outputs, fuse_without_batchnorm, randomize_batchnorm
 from .erf import photo_inputs
 
-__all__ = ["UNIT_ROUNDOFF", "precision_errors", "precision_figure", "stage_outputs"]
+__all__ = ["UNIT_ROUNDOFF", "mixed_precision_training", "precision_errors", "precision_figure", "stage_outputs"]
 
 UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
 FORMS = ("train", "deploy")
 COLUMNS = ("model", "form", "dtype", "device", "output", "rel_l2", "max_rel", "finite", "unit_roundoff")
+TRAINING_COLUMNS = ("model", "dtype", "steps", "first_loss", "last_loss", "max_loss_rel_diff", "finite")
 
 
 @torch.no_grad()
@@ -90,6 +92,57 @@ def precision_errors(names: Sequence[str], dtypes: Sequence[str] = ("float16", "
         row["order"] = order.get(row["output"], 5)
     floats = dict(rel_l2=".2e", max_rel=".2e", unit_roundoff=".1e")
     return Table(list(COLUMNS), rows, floats=floats, sort_by=("model", "form", "dtype", "device", "order"))
+
+
+def mixed_precision_training(names: Sequence[str], dtypes: Sequence[str] = ("float16", "bfloat16"),
+                             steps: int = 8, batch_size: int = 16, resolution: int = 64, lr: float = 1e-3,
+                             seed: int = 0) -> Table:  # fmt: skip
+    """The training side of RecNeXt's limitation, at laptop scale: per model, ``steps`` AdamW steps from one seeded
+    initialisation on the same batches of photo crops (8 classes, ``[batch_size, 3, resolution, resolution]``),
+    once in float32 and once per half dtype with the forward under ``torch.autocast("cpu", dtype)`` (weights,
+    gradients and optimizer in float32, as mixed precision trains). One row per model and dtype (float32 included):
+    first and last loss, ``max_loss_rel_diff = max_t |loss_t - loss32_t| / loss32_t`` over the steps, and whether
+    every loss and gradient stayed finite. One thread, so that the bytes do not depend on the thread count."""
+    for dtype in dtypes:
+        if dtype not in UNIT_ROUNDOFF:
+            raise ValueError(f"dtypes: {dtype!r} is not a half dtype; choose from {', '.join(UNIT_ROUNDOFF)}")
+    images = photo_inputs(steps * batch_size, resolution, seed)
+    labels = torch.arange(steps * batch_size) % 8  # photo_inputs takes the classes in turn
+    rows = []
+    for name in names:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            initial = create_model(check_model_name(name), num_classes=8)
+        reference = None
+        for dtype in ("float32", *dtypes):
+            with runtime(threads=1):  # a reduction's order, and so the drifting losses, would follow the thread count
+                losses, finite = _train_steps(copy.deepcopy(initial), images, labels, batch_size, lr, dtype)
+            reference = losses if reference is None else reference
+            rel = max(abs(a - b) / abs(b) for a, b in zip(losses, reference, strict=True))
+            rows.append(dict(model=name, dtype=dtype, steps=steps, first_loss=losses[0], last_loss=losses[-1],
+                             max_loss_rel_diff=rel, finite=finite))  # fmt: skip
+    floats = dict(first_loss=".4f", last_loss=".4f", max_loss_rel_diff=".2e")
+    return Table(list(TRAINING_COLUMNS), rows, floats=floats, sort_by=("model",))
+
+
+def _train_steps(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, lr: float,
+                 dtype: str) -> tuple[list[float], bool]:  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses, finite = [], True
+    model.train()
+    for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
+        with torch.autocast("cpu", dtype=getattr(torch, dtype), enabled=dtype != "float32"):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        finite = (
+            finite
+            and bool(torch.isfinite(loss))
+            and all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+        )
+        optimizer.step()
+        losses.append(loss.item())
+    return losses, finite
 
 
 def precision_figure(table: Table):

@@ -29,7 +29,8 @@ from ..registry import check_model_name, create_model, models_by_family
 from ..reparam import has_single_branch_form, reparameterize
 from ..tables import Table
 
-FORMS = ("train", "deploy", "single_branch")
+FORMS = ("train", "deploy", "single_branch", "two_branch")
+_MERGED = ("single_branch", "two_branch")  # RepNeXt only: reparameterize's keyword of the same name
 COLUMNS = (
     "model", "family", "form", "resolution", "params_train_m", "params_m", "params_paper_m", "macs_g",
     "published_params_m", "published_macs_g", "uncounted_ops",
@@ -165,9 +166,9 @@ def model_stats(
 ) -> Table:
     """One row per variant and form: parameters (M) of the training form and of ``form``, MACs (G) of ``form``.
 
-    ``single_branch`` rows appear only for families that have such a form (RepNeXt).
+    ``single_branch`` and ``two_branch`` rows appear only for families that have such forms (RepNeXt).
 
-    ``form`` is ``train`` (no fusion), ``deploy`` (the papers' inference form) or ``single_branch``;
+    ``form`` is ``train`` (no fusion), ``deploy`` (the papers' inference form), ``single_branch`` or ``two_branch``;
     published values are joined from :func:`published_results` where the source reports that form.
     ``progress`` shows a bar on stderr.
     """
@@ -182,8 +183,9 @@ def model_stats(
         model = create_model(check_model_name(name)).eval()
         check_activation_memory(model, resolution)
         params_train, standalone = count_parameters(model), standalone_batchnorm_parameters(model)
-        for form in (f for f in forms if f != "single_branch" or has_single_branch_form(model)):
-            fused = model if form == "train" else reparameterize(model, single_branch=form == "single_branch")
+        for form in (f for f in forms if f not in _MERGED or has_single_branch_form(model)):
+            merge = {form: True} if form in _MERGED else {}
+            fused = model if form == "train" else reparameterize(model, **merge)
             macs, uncounted = count_macs(fused, resolution)
             params = count_parameters(fused)
             rows.append(dict(
@@ -213,7 +215,7 @@ _FAMILY_STYLE = {
     "recnext_tsb": ("RecNeXt T/S/B", "C4"),
     "repnext_u": ("RepNeXt-u", "C3"),
 }
-_FORM_MARKERS = {"deploy": "o", "single_branch": "s", "train": "^"}
+_FORM_MARKERS = {"deploy": "o", "single_branch": "s", "two_branch": "D", "train": "^"}
 
 
 def _display_family(row: dict) -> str:

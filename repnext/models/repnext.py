@@ -7,6 +7,8 @@ loads with ``strict=True``. The inference form comes from :func:`repnext.reparam
   ``RepDWConv`` becomes one depthwise conv; BatchNorms fold into adjacent convs.
 * ``single_branch=True``: ChunkConv becomes one depthwise 11x11 conv and CopyConv one
   depthwise 7x7 conv producing 2C channels, the "E" models of the upstream README.
+* ``two_branch=True``: ChunkConv's identity, 3x3 and 7x7 chunks become one depthwise 7x7 conv
+  beside the separable 1x11 then 11x1 chunk (one split and one concat instead of three of each).
 
 Any input size works: every stride-2 branch maps ``H`` to ``ceil(H / 2)``.
 """
@@ -101,6 +103,21 @@ class RepDWConvM(nn.Module):
         return conv_from_kernel(weight, bias, stride=self.conv_7_7.stride, groups=self.conv_7_7.groups)
 
 
+class SquareSeparableMixer(nn.Module):
+    """ChunkConv's two-branch form: ``square`` (a depthwise kxk conv) on the first channels, ``separable`` (1xk then
+    kx1) on the rest, concatenated; [N, C, H, W] -> [N, C, H, W]."""
+
+    def __init__(self, square: nn.Conv2d, separable: nn.Sequential):
+        super().__init__()
+        self.square = square
+        self.separable = separable
+        self.split_sizes = [square.in_channels, separable[0].in_channels]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_square, x_separable = torch.split(x, self.split_sizes, dim=1)
+        return torch.cat((self.square(x_square), self.separable(x_separable)), dim=1)
+
+
 class ChunkConv(nn.Module):
     """Token mixer over four channel chunks: identity, RepDWConvS, RepDWConvM, separable 1x11 then 11x1."""
 
@@ -131,6 +148,16 @@ class ChunkConv(nn.Module):
         if border_l is not None:
             border = torch.cat([border_l.new_zeros(3 * chunk, *border_l.shape[1:]), border_l])
         return conv_from_kernel(weight, bias, groups=4 * chunk, border_kernel=border)
+
+    @torch.no_grad()
+    def merge_square_branches(self) -> SquareSeparableMixer:
+        """The identity (a dirac kernel), 3x3 and 7x7 chunks as one depthwise 7x7 conv; the separable chunk kept
+        (merging it too costs an 11x11 kernel, 121 taps against 7x7's 49 plus 22)."""
+        reparameterize(self, inplace=True)
+        chunk = self.conv_s.in_channels
+        identity = (dirac_kernel(chunk, 1, groups=chunk, like=self.conv_s.weight), None)
+        weight, bias = merge_chunks([identity, _kernel(self.conv_s), _kernel(self.conv_m)])
+        return SquareSeparableMixer(conv_from_kernel(weight, bias, groups=3 * chunk), self.conv_l)
 
 
 class CopyConv(nn.Module):

@@ -46,6 +46,7 @@ ROOT = Path(__file__).parents[2]
 OPENVINO = missing_requirement("openvino")
 COMPILE = missing_requirement("compile")
 LINUX = sys.platform.startswith("linux")
+FUSED_FORMS = ("fused", "single_branch", "two_branch")  # the fused form, then the merged ones (RepNeXt only)
 # One xdist worker runs this module: the shared benchmark below and the workers' forkserver start once.
 pytestmark = pytest.mark.xdist_group("latency_workers")
 
@@ -80,8 +81,8 @@ def test_rows_carry_median_spread_and_fraction_of_the_measured_peak():
     result = _run()
     rows = {(r["form"], r["backend"]): r for r in result.latency.rows if r["model"] == "repnext_m0"}
     backends = ["eager", "torchscript", "onnxruntime"] + ([] if OPENVINO else ["openvino"])
-    assert set(rows) == {("unfused", "eager")} | {(f, b) for f in ("fused", "single_branch") for b in backends}
-    assert not any(r["form"] == "single_branch" for r in result.latency.rows if r["model"] == "starnet_s050")
+    assert set(rows) == {("unfused", "eager")} | {(f, b) for f in FUSED_FORMS for b in backends}
+    assert not any(r["form"] in FUSED_FORMS[1:] for r in result.latency.rows if r["model"] == "starnet_s050")
     assert all(row["macs_g"] == GIVEN_MACS / 1e9 for row in rows.values())  # given, not counted again
     gemms = [r for r in result.peaks.rows if r["kernel"] == "gemm"]
     assert {r["backend"] for r in gemms} >= {"eager", "onnxruntime"} and result.copy_gb_per_s > 0
@@ -92,7 +93,7 @@ def test_rows_carry_median_spread_and_fraction_of_the_measured_peak():
         assert math.isclose(row["gmacs_per_s"], row["macs_g"] / (row["median_ms"] / 1e3))
         assert math.isclose(row["peak_fraction"], row["gmacs_per_s"] / result.peak_gmacs)
     assert rows["fused", "onnxruntime"]["max_abs_error"] < 1e-4  # verified against PyTorch before timing
-    assert rows["single_branch", "onnxruntime"]["max_abs_error"] < 1e-4
+    assert all(rows[form, "onnxruntime"]["max_abs_error"] < 1e-4 for form in FUSED_FORMS[1:])
     kernels = {(r["kernel"], r["backend"]) for r in result.peaks.rows}
     assert {(f"dwconv{k}", b) for k in (3, 7, 11) for b in ("eager", "onnxruntime")} | {("copy", "eager")} <= kernels
     for row in rows.values():  # the fused form's roofline bound, from this run's rates

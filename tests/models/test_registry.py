@@ -186,8 +186,8 @@ def test_reset_classifier(variant):
 def test_fusion_is_exact_and_complete(variant):
     """Fused in each dtype (fusion arithmetic is part of the test): float32 is the shared ``variant.fused`` of the
     whole model; float64 checks every distinct block (:func:`distinct_blocks`), and one variant per family whole.
-    The single-branch form, where there is one, merged from the fused form, as ``reparameterize(single_branch=True)``
-    merges after fusing."""
+    The single- and two-branch forms, where there are, merged from the fused form, as ``reparameterize`` merges
+    after fusing."""
     model, merge = variant.built, repnext.reparam.has_single_branch_form(variant.built)
     assert has_single_branch(variant.name) == merge  # the latency stage times the single-branch form by this rule
     for dtype in (torch.float64, torch.float32):
@@ -196,15 +196,14 @@ def test_fusion_is_exact_and_complete(variant):
         inputs = [torch.randn(1, 3, *size, dtype=dtype) for size in SIZES.get(family(variant.name), DEFAULT_SIZES)]
         with torch.no_grad():  # batch 1: BatchNorm runs in eval, per sample
             expected = [source(x) for x in inputs]
-        form = variant.fused if source is model else repnext.reparameterize(source, inplace=True)
-        for single_branch in (False, True) if merge else (False,):
-            if single_branch:  # the shared fused form stays intact
-                form = repnext.reparameterize(form, inplace=form is not variant.fused, single_branch=True)
+        deploy = variant.fused if source is model else repnext.reparameterize(source, inplace=True)
+        for merged in (None, "two_branch", "single_branch") if merge else (None,):
+            form = repnext.reparameterize(deploy, **{merged: True}) if merged else deploy  # deploy stays intact
             assert not any(isinstance(m, _BatchNorm) for m in form.modules())
             for x, reference in zip(inputs, expected, strict=True):
                 with torch.no_grad():
                     agreement = compare_outputs(reference, form(x))
-                assert agreement.max_rel <= TOLERANCES[str(dtype)[6:]], (dtype, x.shape, single_branch, agreement)
+                assert agreement.max_rel <= TOLERANCES[str(dtype)[6:]], (dtype, x.shape, merged, agreement)
 
 
 @pytest.mark.parametrize("variant", by_model(FAMILY_EXAMPLES), indirect=True)

@@ -13,6 +13,7 @@ from repnext.analysis.equivalence import check_reparameterization, randomize_bat
 from repnext.analysis.stats import standalone_batchnorm_parameters
 from repnext.checkpoint import CheckpointError
 from repnext.models.layers import ChannelShuffle
+from repnext.models.repnext import ChunkConv, SquareSeparableMixer
 
 MODELS = [f"repnext_m{i}" for i in range(6)]
 # Fused parameter counts (M) as published in the paper and the upstream README.
@@ -44,6 +45,28 @@ def test_fused_structure_and_published_params(name):
         assert round((n_params(single) + standalone) / 1e6, 1) == PUBLISHED_SINGLE_BRANCH_PARAMS_M[name]
 
 
+def test_two_branch_form_keeps_the_separable_chunk_and_is_exact():
+    """Each ChunkConv becomes one depthwise 7x7 over three chunks beside the separable 1x11 then 11x1; CopyConv and
+    everything else stay as in the deploy form."""
+    model = randomize_batchnorm(timm.create_model("repnext_m0"), seed=5).eval().double()
+    deploy, two = repnext.reparameterize(model), repnext.reparameterize(model, two_branch=True)
+    mixers = [m for m in two.modules() if isinstance(m, SquareSeparableMixer)]
+    assert len(mixers) == sum(isinstance(m, ChunkConv) for m in model.modules()) > 0
+    for mixer in mixers:
+        square, (first, second) = mixer.square, mixer.separable
+        assert square.kernel_size == (7, 7) and square.groups == square.in_channels == 3 * first.in_channels
+        assert (first.kernel_size, second.kernel_size) == ((1, 11), (11, 1))
+    # the identity and 3x3 chunks gain zero taps in the 7x7: more weights than deploy, fewer than one 11x11
+    single = repnext.reparameterize(model, single_branch=True)
+    assert n_params(deploy) < n_params(two) < n_params(single)
+    for size in [(64, 64), (33, 47)]:
+        x = torch.randn(1, 3, *size, dtype=torch.float64)
+        with torch.no_grad():
+            assert torch.allclose(two(x), model(x), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="choose one"):
+        repnext.reparameterize(model, single_branch=True, two_branch=True)
+
+
 def test_single_branch_training_form():
     """``single_branch=True`` trains the "E" structure directly; fused, it has the published E parameter count."""
     model = timm.create_model("repnext_m0", single_branch=True).eval()
@@ -58,8 +81,8 @@ def test_single_branch_training_form():
 
 def test_fusion_keeps_device_and_dtype():
     model = timm.create_model("repnext_m0").eval().to(torch.float64)
-    for single_branch in (False, True):
-        fused = repnext.reparameterize(model, single_branch=single_branch)
+    for merge in ({}, {"single_branch": True}, {"two_branch": True}):
+        fused = repnext.reparameterize(model, **merge)
         assert {p.dtype for p in fused.parameters()} == {torch.float64}
         assert {b.dtype for b in fused.buffers()} <= {torch.float64}
 

@@ -23,7 +23,9 @@ from ...reparam import reparameterize
 from ...runtimes import CPU, missing_package, onnx_session, openvino_request
 
 BACKENDS = ("eager", "channels_last", "torchscript", "onnxruntime", "openvino", "compile")
-FORMS = ("unfused", "fused", "single_branch")  # single_branch: RepNeXt's fused form merged to one kxk conv
+FORMS = ("unfused", "fused", "single_branch", "two_branch")
+# RepNeXt's fused form merged further (repnext.reparameterize's keyword): one kxk conv per mixer, or two
+MERGED_FORMS = {"single_branch": {"single_branch": True}, "two_branch": {"two_branch": True}}
 TORCH_BACKENDS = frozenset({"eager", "channels_last", "torchscript", "compile"})
 ONNX_BACKENDS = frozenset({"onnxruntime", "openvino"})
 PEAK_BACKENDS = ("eager", "onnxruntime", "openvino")  # float32 GEMM of torch, ONNX Runtime and OpenVINO
@@ -92,26 +94,28 @@ def build_model(
     """
     if form not in FORMS:
         raise BenchmarkError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
-    if form == "single_branch" and not has_single_branch(name):
-        raise BenchmarkError(f"{name} has no single-branch form (only RepNeXt's variants do)")
+    if form in MERGED_FORMS and not has_single_branch(name):
+        raise BenchmarkError(f"{name} has no {form} form (only RepNeXt's variants do)")
     if weights is not None and name in list_models():
         return _with_weights(name, form, device, weights)
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False).eval().to(device)
-    return model if form == "unfused" else fuse_model(model, single_branch=form == "single_branch")
+    return model if form == "unfused" else fuse_model(model, **MERGED_FORMS.get(form, {}))
 
 
 def has_single_branch(name: str) -> bool:
-    """Whether variant ``name`` has a single-branch form beside its fused one (RepNeXt's: one kxk depthwise conv
-    per mixer, upstream's "E" models); tests check this against :func:`repnext.reparam.has_single_branch_form`."""
+    """Whether variant ``name`` has the merged forms of :data:`MERGED_FORMS` beside its fused one (RepNeXt's: one
+    kxk depthwise conv per mixer, upstream's "E" models, or two); tests check this against
+    :func:`repnext.reparam.has_single_branch_form`."""
     return models_by_family().get(name) == "repnext"
 
 
-def fuse_model(model: nn.Module, single_branch: bool = False) -> nn.Module:
+def fuse_model(model: nn.Module, **merge: bool) -> nn.Module:
     """The fused copy of a built model (``model`` untouched): :func:`repnext.reparameterize` for this package's
-    variants (``single_branch`` merges RepNeXt's branches too), ``timm.utils.reparameterize_model`` for timm's."""
+    variants (``merge``, a value of :data:`MERGED_FORMS`, merges RepNeXt's branches too),
+    ``timm.utils.reparameterize_model`` for timm's."""
     if type(model).__module__.startswith("repnext."):
-        return reparameterize(model, single_branch=single_branch)
+        return reparameterize(model, **merge)
     return _timm_fuse(model)
 
 
@@ -129,7 +133,7 @@ def _with_weights(name: str, form: str, device: torch.device, weights: str) -> n
     try:
         model, loaded = load_weights(name, weights)
         model = in_form(model.to(device), loaded, "train" if form == "unfused" else "fused", weights)
-        return reparameterize(model, inplace=True, single_branch=True) if form == "single_branch" else model
+        return reparameterize(model, inplace=True, **MERGED_FORMS[form]) if form in MERGED_FORMS else model
     except ValueError as error:  # WeightsError: one line naming the file
         raise BenchmarkError(str(error)) from None
 

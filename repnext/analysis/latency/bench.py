@@ -22,6 +22,7 @@ from .backends import (
     DW_CHANNELS,
     DW_KERNELS,
     FORMS,
+    MERGED_FORMS,
     ONNX_BACKENDS,
     PEAK_BACKENDS,
     TORCH_BACKENDS,
@@ -281,7 +282,7 @@ def benchmark(
             raise BenchmarkError(str(error)) from None
     unfused = backends if unfused_backends is None else [b for b in unfused_backends if b in backends]
     configs = [(m, f, b) for m in models for f in forms for b in (unfused if f == "unfused" else backends)
-               if f != "single_branch" or has_single_branch(m)]  # fmt: skip
+               if f not in MERGED_FORMS or has_single_branch(m)]  # fmt: skip
     peak_backends = [b for b in (PEAK_BACKENDS if peak_backends is None else peak_backends)
                      if b in backends or (dev.type == "cpu" and not missing_requirement(b))]  # fmt: skip
     started = list(dict.fromkeys(["eager", *backends, *peak_backends]))

@@ -19,6 +19,7 @@ from ...errors import one_line
 from ...reparam import reparameterize
 from ...runtimes import as_array
 from .backends import (
+    MERGED_FORMS,
     TORCH_BACKENDS,
     build_model,
     export_for_timing,
@@ -89,8 +90,8 @@ class Session:
             nothing_to_fuse = "unfused" in nets and unchanged_by_fusion(nets["unfused"], nets["fused"])
             if nothing_to_fuse:
                 del nets["unfused"]
-            if "single_branch" in forms:  # merged from the fused form, as reparameterize(single_branch=True) does
-                nets["single_branch"] = reparameterize(nets["fused"], single_branch=True)
+            for form in (f for f in MERGED_FORMS if f in forms):  # merged from the fused form, as reparameterize does
+                nets[form] = reparameterize(nets["fused"], **MERGED_FORMS[form])
             errors = {}
             for form, net in nets.items():
                 with torch.inference_mode():
