@@ -64,6 +64,21 @@ def use_style() -> None:
     """Apply the project style (call once per notebook, before plotting)."""
     os.environ.setdefault("SOURCE_DATE_EPOCH", "0")
     mpl.rcParams.update(STYLE)
+    _bundled_fonts_only()
+
+
+def _bundled_fonts_only() -> None:
+    """Let matplotlib choose among the fonts it ships only. It breaks ties between equal fonts by the order it found
+    them in, which follows the file system: a system copy of DejaVu Sans found first embeds other font bytes in
+    every PDF of another machine, while the PNGs, drawn from the same outlines, stay the same."""
+    from matplotlib import font_manager
+
+    shipped = Path(mpl.get_data_path(), "fonts")
+    manager = font_manager.fontManager
+    kept = [font for font in manager.ttflist if Path(font.fname).is_relative_to(shipped)]
+    if len(kept) != len(manager.ttflist):
+        manager.ttflist = kept
+        manager._findfont_cached.cache_clear()
 
 
 @contextlib.contextmanager

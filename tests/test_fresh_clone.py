@@ -4,6 +4,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from repnext.report import dir_md5, file_md5
+from repnext.report import dir_md5, file_md5, is_time_measurement
 
 ROOT = Path(__file__).parents[1]
 # The cheapest stage that reads params.yaml: the dataset, here reduced to 8 classes x (2 train + 1 val) crops of 16 px.
@@ -64,12 +65,34 @@ def test_a_fresh_clone_rebuilds_an_edited_stage_through_dvc(tmp_path):
 
 
 @functools.cache
-def _cached_stages() -> dict:
-    """Stages with an output in DVC's cache only: a fresh clone has to rebuild them (name -> dvc's stage)."""
+def _stages() -> dict:
+    """Every stage of dvc.yaml (name -> dvc's stage)."""
     from dvc.repo import Repo
 
     with Repo(str(ROOT)) as repo:
-        return {stage.addressing: stage for stage in repo.index.stages if any(out.use_cache for out in stage.outs)}
+        return {stage.addressing: stage for stage in repo.index.stages}
+
+
+def _cached_stages() -> dict:
+    """Stages with an output in DVC's cache only: a fresh clone has to rebuild them."""
+    return {name: stage for name, stage in _stages().items() if any(out.use_cache for out in stage.outs)}
+
+
+# Another revision of matplotlib's DejaVu Sans (same outlines) that the font list holds first, as another machine's
+# file system may list a system copy: the figures must still embed matplotlib's own (repnext.plotting.use_style).
+_FONT_FIRST = """
+import tempfile
+from pathlib import Path
+import matplotlib as mpl
+from fontTools.ttLib import TTFont
+from matplotlib import font_manager
+font = TTFont(Path(mpl.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"))
+font["head"].fontRevision += 1
+copy = Path(tempfile.mkdtemp()) / "DejaVuSans.ttf"
+font.save(copy)
+font_manager.fontManager.addfont(str(copy))
+font_manager.fontManager.ttflist.insert(0, font_manager.fontManager.ttflist.pop())
+"""
 
 
 def test_the_stages_a_fresh_clone_rebuilds_are_the_ones_made_portable():
@@ -79,21 +102,33 @@ def test_the_stages_a_fresh_clone_rebuilds_are_the_ones_made_portable():
 
 
 @pytest.mark.xdist_group("other_cpu")  # one worker probes the simulated CPU (other_cpu_env) once
-@pytest.mark.parametrize("name", ["dataset", "publish"])
-def test_a_stage_a_fresh_clone_rebuilds_writes_the_same_bytes_on_another_cpu(name, tmp_path, other_cpu_env):
-    """The stage's command on the simulated CPU writes the bytes dvc.lock records (from this project's machine)."""
-    stage = _cached_stages()[name]
+@pytest.mark.parametrize("name", ["dataset", "publish", "paper_results", "claims"])
+def test_a_stage_of_exact_inputs_writes_the_same_bytes_on_another_cpu(name, tmp_path, other_cpu_env):
+    """The stages a fresh clone rebuilds, and stages whose inputs hold no float32 result (the authors' logs, the
+    exact tables), run on the simulated CPU with another machine's font list: their command writes the bytes
+    dvc.lock records from this project's machine (time measurements, ``latency*``, aside)."""
+    stage = _stages()[name]
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_FONT_FIRST)
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", **other_cpu_env,
+           "PYTHONPATH": str(tmp_path / "site"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    work = tmp_path / "clone"
     for dep in stage.deps:  # the stage's data inputs, as a fresh clone has them; code runs from this checkout
-        source = ROOT / str(dep.def_path)
-        if source.is_file() and not str(dep.def_path).startswith("repnext/"):
-            (tmp_path / dep.def_path).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / dep.def_path).write_bytes(source.read_bytes())
-    done = subprocess.run(stage.cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+        source, target = ROOT / str(dep.def_path), work / str(dep.def_path)
+        if str(dep.def_path).startswith("repnext/") and not str(dep.def_path).startswith("repnext/data/"):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        elif source.is_file():
+            target.write_bytes(source.read_bytes())
+    (work / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+    done = subprocess.run(stage.cmd, shell=True, cwd=work, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    locked = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"][name]["outs"]
-    assert locked and len(locked) == len(stage.outs)
-    for out in locked:
-        path = tmp_path / out["path"]
+    locked = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"][name]
+    outs = [out for out in locked["outs"] + locked.get("metrics", []) if not is_time_measurement(out["path"])]
+    assert outs and len(locked["outs"]) == len(stage.outs)
+    for out in outs:
+        path = work / out["path"]
         assert (dir_md5(path) if path.is_dir() else file_md5(path)) == out["md5"], out["path"]

@@ -1,5 +1,7 @@
 """Figures that read at a glance: the checks find each fault they name, and label placement avoids them."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
@@ -109,3 +111,36 @@ def test_placed_labels_overlap_nothing_even_in_a_crowd():
     assert len(annotations) == 29
     assert "p0/p1" in [a.get_text() for a in annotations]
     assert check_figure(fig) == []
+
+
+def test_a_pdf_embeds_matplotlibs_own_font_whatever_the_system_lists_first(tmp_path):
+    """A system copy of DejaVu Sans that the font list holds first (its order follows the file system) would be
+    embedded instead of matplotlib's: other PDF bytes on another machine, the same PNG."""
+    import matplotlib as mpl
+    from fontTools.ttLib import TTFont
+    from matplotlib import font_manager
+
+    def pdf(name: str) -> bytes:
+        fig = Figure(figsize=(3, 2))
+        fig.add_subplot().plot([0, 1, 2], [1, 3, 2], label="curve")
+        fig.axes[0].legend()
+        return save_figure(fig, tmp_path / name, ("pdf",))[0].read_bytes()
+
+    shipped = Path(mpl.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
+    expected = pdf("shipped")
+    system = tmp_path / "fonts" / "DejaVuSans.ttf"
+    system.parent.mkdir()
+    font = TTFont(shipped)
+    font["head"].fontRevision += 1  # another revision of the same outlines, as a system's copy may be
+    font.save(system)
+    manager = font_manager.fontManager
+    saved = list(manager.ttflist)
+    try:
+        manager.addfont(str(system))
+        manager.ttflist.insert(0, manager.ttflist.pop())  # found first, as a file system may list it
+        manager._findfont_cached.cache_clear()
+        assert pdf("system") == expected
+        assert font_manager.findfont("DejaVu Sans") == str(shipped)
+    finally:
+        manager.ttflist = saved
+        manager._findfont_cached.cache_clear()
