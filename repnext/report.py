@@ -15,6 +15,7 @@ dvc.lock is read as it is; a stage it lacks or records differently is reported, 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import hashlib
 import html
 import io
@@ -49,17 +50,21 @@ class Output:
     locked_md5: str | None = None  # None: dvc.lock has no entry for it
     workspace_md5: str | None = None  # None: missing from the workspace
     files: list[str] = field(default_factory=list)  # repository-relative files under it, sorted
+    machine: str | None = None  # why its bytes depend on the CPU (repnext/data/machine_dependent.csv), or None
 
     @property
     def state(self) -> str:
-        """``matches dvc.lock``, ``differs from dvc.lock``, ``not in dvc.lock``, ``missing``, or in DVC's cache."""
+        """``matches dvc.lock``, ``differs from dvc.lock`` (``..., machine-dependent`` for an output whose bytes
+        depend on the CPU), ``not in dvc.lock``, ``missing``, or in DVC's cache."""
         if self.cached:
             return "in DVC's cache (not in git)"
         if self.workspace_md5 is None:
             return "missing"
         if self.locked_md5 is None:
             return "not in dvc.lock"
-        return "matches dvc.lock" if self.locked_md5 == self.workspace_md5 else "differs from dvc.lock"
+        if self.locked_md5 == self.workspace_md5:
+            return "matches dvc.lock"
+        return MACHINE_STATE if self.machine else "differs from dvc.lock"
 
 
 @dataclass
@@ -125,6 +130,18 @@ def _workspace(root: Path, output: Output) -> None:
 
 # A check stage only validates the params.yaml section of the stage it guards; the page shows that stage.
 CHECK_PREFIX = "check_"
+MACHINE_DEPENDENT = Path(__file__).parent / "data" / "machine_dependent.csv"
+MACHINE_STATE = "differs from dvc.lock, machine-dependent"
+
+
+def machine_dependence(path: str) -> str | None:
+    """Why the bytes of output ``path`` depend on the CPU (the first pattern of :data:`MACHINE_DEPENDENT` that
+    matches it), or ``None`` for an output every CPU writes the same."""
+    with open(MACHINE_DEPENDENT, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if fnmatch.fnmatchcase(path, row["pattern"]):
+                return row["reason"]
+    return None
 
 
 def collect_report(root: str | os.PathLike = ".", skip: Iterable[str] = ("report",)) -> list[StageReport]:
@@ -170,7 +187,8 @@ def collect_report(root: str | os.PathLike = ".", skip: Iterable[str] = ("report
         metrics = {out.def_path for out in stage.outs if out.metric}
         outputs = []
         for out in stage.outs:
-            output = Output(out.def_path, cached=bool(out.use_cache), metric=out.def_path in metrics)
+            output = Output(out.def_path, cached=bool(out.use_cache), metric=out.def_path in metrics,
+                            machine=machine_dependence(out.def_path))  # fmt: skip
             output.locked_md5 = recorded.get(out.def_path)
             _workspace(root, output)
             outputs.append(output)
@@ -295,7 +313,7 @@ def ledger_html(root: Path, stages: list[StageReport], base: Path) -> str:
     )
 
 
-_STATE_CLASS = {"matches dvc.lock": "ok", "in DVC's cache (not in git)": "ok"}
+_STATE_CLASS = {"matches dvc.lock": "ok", "in DVC's cache (not in git)": "ok", MACHINE_STATE: "note"}
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0; color: #1b1b1b; background: #fff; }
@@ -318,9 +336,10 @@ def report_html(stages: list[StageReport], root: str | os.PathLike, html_path: s
     """The report page for ``stages`` (:func:`collect_report` of ``root``), links relative to ``html_path``."""
     root = Path(root)
     base = Path(html_path).resolve().parent
-    stale = sum(1 for s in stages for o in s.outputs if _STATE_CLASS.get(o.state) != "ok") + sum(
+    stale = sum(1 for s in stages for o in s.outputs if _STATE_CLASS.get(o.state) not in ("ok", "note")) + sum(
         len(s.params_changed) + (s.locked_params is None) for s in stages
     )
+    other_machine = sum(1 for s in stages for o in s.outputs if o.state == MACHINE_STATE)
     parts = [
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
         "<title>Pipeline report</title>\n<style>" + _STYLE + "</style>\n</head>\n<body>\n<main>\n",
@@ -338,6 +357,12 @@ def report_html(stages: list[StageReport], root: str | os.PathLike, html_path: s
             if not stale
             else f'<span class="warn">{stale} output(s) or parameter section(s) differ from dvc.lock '
             "(edited or rebuilt since the lock was written; <code>dvc status</code> lists them).</span>"
+        )
+        + (
+            f' <span class="note">{other_machine} machine-dependent output(s) differ from dvc.lock, as they do when '
+            "this machine's CPU is not the one that wrote the lock (the reason is beside each).</span>"
+            if other_machine
+            else ""
         )
         + "</p>\n<nav><ul>\n",
         "".join(f'<li><a href="#{_anchor(s.name)}">{_escape(s.name)}</a></li>\n' for s in stages),
@@ -357,11 +382,13 @@ def report_html(stages: list[StageReport], root: str | os.PathLike, html_path: s
         rows = "".join(
             f"<tr><td><code>{_escape(o.path)}</code>{' (metric)' if o.metric else ''}</td>"
             f"<td><code>{_escape(o.locked_md5 or '')}</code></td>"
-            f'<td class="{_STATE_CLASS.get(o.state, "warn")}">{_escape(o.state)}</td></tr>\n'
+            f'<td class="{_STATE_CLASS.get(o.state, "warn")}">{_escape(o.state)}</td>'
+            f"<td>{_escape(o.machine or '')}</td></tr>\n"
             for o in stage.outputs
         )
         parts.append(
-            "<table>\n<thead><tr><th>output</th><th>md5 in dvc.lock</th><th>workspace</th></tr></thead>\n"
+            "<table>\n<thead><tr><th>output</th><th>md5 in dvc.lock</th><th>workspace</th>"
+            "<th>depends on the machine</th></tr></thead>\n"
             f"<tbody>\n{rows}</tbody></table>\n"
         )
         files = [path for o in stage.outputs for path in o.files]

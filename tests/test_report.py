@@ -1,12 +1,15 @@
 """The pipeline report: every figure and table by stage, with params and dvc.lock hashes, offline and deterministic."""
 
 import contextlib
+import csv
+import fnmatch
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from repnext import report
 from repnext.cli import main
 from repnext.render import check_page, find_chromium, page_problems
 from repnext.report import CHECK_PREFIX, ReportError, collect_report, csv_table_html, render_report
@@ -100,6 +103,30 @@ def test_report_page_is_offline_deterministic_and_shows_every_figure_and_table(p
     assert 'src="../figures/cpu/latency_cpu.png"' in html and 'href="../figures/make/curve.pdf"' in html
     assert "<td>&lt;b&gt;</td>" in html and "<td>best.top1</td><td>80.5</td>" in html
     assert html.count("matches dvc.lock") == 3 and "not in dvc.lock" in html
+
+
+def test_a_machine_dependent_output_that_differs_is_marked_so_not_as_a_mismatch(tmp_path, monkeypatch):
+    root = _project(tmp_path / "machine")
+    listed = tmp_path / "machine_dependent.csv"
+    listed.write_text("pattern,reason\nartifacts/tables/make*,float32 sums\n")
+    monkeypatch.setattr(report, "MACHINE_DEPENDENT", listed)
+    (root / "artifacts" / "tables" / "make.csv").write_text("model,top1,passed\nm0,80.4,true\nm1,<b>,true\n")
+    make = collect_report(root)[0]
+    assert [(o.state, o.machine) for o in make.outputs][1] == (report.MACHINE_STATE, "float32 sums")
+    html = render_report(root / "artifacts" / "report.html", root=root).read_text()
+    assert "1 machine-dependent output(s) differ from dvc.lock" in html and "<td>float32 sums</td>" in html
+    assert "output(s) or parameter section(s) differ" in html  # timing@cpu is not in dvc.lock: still counted
+    (root / "artifacts" / "tables" / "make.csv").unlink()
+    assert collect_report(root)[0].outputs[1].state == "missing"  # a missing output is never excused
+
+
+def test_every_machine_dependent_pattern_names_outputs_and_the_docs_list_them():
+    outputs = {path for stage in collect_report(ROOT) for o in stage.outputs for path in (o.path, *o.files)}
+    with open(report.MACHINE_DEPENDENT, newline="") as handle:
+        patterns = [row["pattern"] for row in csv.DictReader(handle)]
+    assert all(fnmatch.filter(outputs, pattern) for pattern in patterns), "a pattern that matches no output"
+    docs = (ROOT / "docs" / "reproducibility.md").read_text()
+    assert all(f"`{pattern}`" in docs for pattern in patterns)
 
 
 def test_the_page_opens_with_the_claims_ledger_linking_each_claim_to_its_evidence(tmp_path):
