@@ -132,4 +132,3 @@ def test_a_stage_of_exact_inputs_writes_the_same_bytes_on_another_cpu(name, tmp_
     for out in outs:
         path = work / out["path"]
         assert (dir_md5(path) if path.is_dir() else file_md5(path)) == out["md5"], out["path"]
-
