@@ -168,7 +168,7 @@ def test_default_cfg_matches_model(variant):
 
 @pytest.mark.parametrize("variant", by_model(MODELS), indirect=True)
 def test_reset_classifier(variant):
-    model = copy.deepcopy(variant.built)
+    model = distinct_blocks(variant.built)  # the head does not see how many blocks a stage repeats
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         features = model.forward_features(x)
@@ -220,7 +220,7 @@ def test_fusion_leaves_source_is_idempotent_and_matches_timm(variant):
 
 @pytest.mark.parametrize("name", by_model(MODELS))
 def test_forward_backward(name):
-    model = timm.create_model(name, num_classes=10, drop_path_rate=0.0).train()
+    model = distinct_blocks(timm.create_model(name, num_classes=10, drop_path_rate=0.0)).train()  # every kind
     # 64x64 keeps the last stage at 2x2, so that every tap of every kernel sees the image; RepNeXt-u
     # (no dilated kernels, no batch norm in its stages) is checked at 32x32 to save time on its large variants;
     # RecNeXt T/S/B (stride 64) at 128x128, so that each attention sees more than one token (one gets no q/k gradient)
@@ -259,8 +259,11 @@ def test_torchscript_training_and_fused_forms(variant):
 
 @pytest.mark.parametrize("variant", by_model(MODELS), indirect=True)
 def test_fx_trace(variant):
+    """Every distinct block of each variant in both forms; one variant per family whole."""
     x = torch.randn(1, 3, 32, 32)  # the smallest input every variant takes
-    for form in (variant.built, variant.fused):
+    distinct = distinct_blocks(variant.built)
+    whole = [variant.built, variant.fused] if variant.name in FAMILY_EXAMPLES else []
+    for form in (distinct, repnext.reparameterize(distinct), *whole):
         graph = torch.fx.symbolic_trace(form)
         with torch.no_grad():
             assert torch.allclose(graph(x), form(x), atol=1e-5)
