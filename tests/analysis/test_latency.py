@@ -46,7 +46,7 @@ ROOT = Path(__file__).parents[2]
 OPENVINO = missing_requirement("openvino")
 COMPILE = missing_requirement("compile")
 LINUX = sys.platform.startswith("linux")
-FUSED_FORMS = ("fused", "single_branch", "two_branch")  # the fused form, then the merged ones (RepNeXt only)
+FUSED_FORMS = ("fused", "two_branch")  # the fused form and a merged one (RepNeXt only; single_branch takes its path)
 # One xdist worker runs this module: the shared benchmark below and the workers' forkserver start once.
 pytestmark = pytest.mark.xdist_group("latency_workers")
 
@@ -64,6 +64,7 @@ def _run():
     return benchmark(["repnext_m0", "starnet_s050"], backends=backends, resolution=32, threads=1, rounds=3,
                      min_rounds=2, warmup=1, batch_size=2, unfused_backends=["eager"], gemm_size=64, dwconv_side=16,
                      copy_mib=4, group_size=2, throughput_seconds=(0.01, 0.02), macs={"repnext_m0": GIVEN_MACS},
+                     forms=("unfused", *FUSED_FORMS),
                      profile_backends=PROFILED, profile_calls=3)  # fmt: skip
 
 
