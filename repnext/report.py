@@ -286,9 +286,9 @@ def ledger_html(root: Path, stages: list[StageReport], base: Path) -> str:
         return ""
     claims = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
     writers = {file: s.name for s in stages for o in s.outputs for file in (o.path, *o.files)}
-    counts: dict[str, int] = {}
-    for claim in claims:
-        counts[claim["verdict"]] = counts.get(claim["verdict"], 0) + 1
+    from .analysis.claims import VERDICTS
+
+    counts = {verdict: sum(c["verdict"] == verdict for c in claims) for verdict in VERDICTS}
 
     def evidence(claim: Mapping[str, str]) -> str:
         if claim["evidence"] not in writers:
@@ -304,7 +304,7 @@ def ledger_html(root: Path, stages: list[StageReport], base: Path) -> str:
     head = "<thead><tr><th>id</th><th>claim</th><th>verdict</th><th>detail</th><th>evidence</th></tr></thead>"
     timed = root / CLAIMS_TABLES[1]
     timed_link = f" Judged on latency: {_link(str(timed), base)} (a time measurement)." if timed.is_file() else ""
-    summary = "; ".join(f"{_escape(verdict)}: {count}" for verdict, count in counts.items())
+    summary = "; ".join(f"{_escape(verdict)}: {count}" for verdict, count in counts.items() if count)
     return (
         '<section id="claims">\n<h2>claims ledger</h2>\n'
         f"<p>Every checkable claim of the papers' READMEs and model cards, judged by its rule on a table of this "
@@ -364,10 +364,11 @@ def report_html(stages: list[StageReport], root: str | os.PathLike, html_path: s
             if other_machine
             else ""
         )
-        + "</p>\n<nav><ul>\n",
+        + "</p>\n",
+        ledger_html(root, stages, base),
+        "<nav><ul>\n",
         "".join(f'<li><a href="#{_anchor(s.name)}">{_escape(s.name)}</a></li>\n' for s in stages),
         "</ul></nav>\n",
-        ledger_html(root, stages, base),
     ]
     for stage in stages:
         parts.append(f'<section id="{_anchor(stage.name)}">\n<h2>{_escape(stage.name)}</h2>\n')
