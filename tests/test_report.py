@@ -136,7 +136,7 @@ def test_the_page_opens_with_the_claims_ledger_linking_each_claim_to_its_evidenc
               "A-2,latency,It is fast,a README,not testable here,needs an iPhone,\n")  # fmt: skip
     (root / "artifacts" / "tables" / "claims.csv").write_text(ledger)
     html = render_report(root / "artifacts" / "report.html", root=root).read_text()
-    assert html.index('<h1>') < html.index('<section id="claims">') < html.index("<nav>")  # the page opens with it
+    assert html.index("<h1>") < html.index('<section id="claims">') < html.index("<nav>")  # the page opens with it
     assert "2 claims; holds: 1; not testable here: 1" in html
     assert '<td class="ok">holds</td>' in html and '<a href="#stage-make">make.csv</a>' in html
     assert "<td>needs an iPhone</td>" in html
