@@ -134,14 +134,16 @@ MACHINE_DEPENDENT = Path(__file__).parent / "data" / "machine_dependent.csv"
 MACHINE_STATE = "differs from dvc.lock, machine-dependent"
 
 
-def machine_dependence(path: str) -> str | None:
-    """Why the bytes of output ``path`` depend on the CPU (the first pattern of :data:`MACHINE_DEPENDENT` that
-    matches it), or ``None`` for an output every CPU writes the same."""
+def machine_dependent_patterns() -> list[tuple[str, str]]:
+    """``(pattern, reason)`` for each output whose bytes depend on the CPU, from :data:`MACHINE_DEPENDENT`."""
     with open(MACHINE_DEPENDENT, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            if fnmatch.fnmatchcase(path, row["pattern"]):
-                return row["reason"]
-    return None
+        return [(row["pattern"], row["reason"]) for row in csv.DictReader(handle)]
+
+
+def machine_dependence(path: str, patterns: Iterable[tuple[str, str]]) -> str | None:
+    """Why the bytes of output ``path`` depend on the CPU (the reason of the first of ``patterns`` that matches
+    it), or ``None`` for an output every CPU writes the same."""
+    return next((reason for pattern, reason in patterns if fnmatch.fnmatchcase(path, pattern)), None)
 
 
 def collect_report(root: str | os.PathLike = ".", skip: Iterable[str] = ("report",)) -> list[StageReport]:
@@ -166,7 +168,7 @@ def collect_report(root: str | os.PathLike = ".", skip: Iterable[str] = ("report
     except DvcException as error:
         raise ReportError(f"dvc.yaml: {error}") from None
     params_files: dict[str, dict] = {}
-    reports = []
+    reports, patterns = [], machine_dependent_patterns()
     for stage in stages:
         name = stage.name  # as dvc.lock keys it, e.g. feature_maps@recnext_m0
         if name in skip or name.split("@")[0] in skip or name.startswith(CHECK_PREFIX):
@@ -188,7 +190,7 @@ def collect_report(root: str | os.PathLike = ".", skip: Iterable[str] = ("report
         outputs = []
         for out in stage.outs:
             output = Output(out.def_path, cached=bool(out.use_cache), metric=out.def_path in metrics,
-                            machine=machine_dependence(out.def_path))  # fmt: skip
+                            machine=machine_dependence(out.def_path, patterns))  # fmt: skip
             output.locked_md5 = recorded.get(out.def_path)
             _workspace(root, output)
             outputs.append(output)
@@ -286,9 +288,9 @@ def ledger_html(root: Path, stages: list[StageReport], base: Path) -> str:
         return ""
     claims = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
     writers = {file: s.name for s in stages for o in s.outputs for file in (o.path, *o.files)}
-    from .analysis.claims import VERDICTS
+    from .analysis.claims import verdict_counts
 
-    counts = {verdict: sum(c["verdict"] == verdict for c in claims) for verdict in VERDICTS}
+    counts = verdict_counts(claims)
 
     def evidence(claim: Mapping[str, str]) -> str:
         if claim["evidence"] not in writers:

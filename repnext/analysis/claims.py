@@ -16,6 +16,7 @@ import csv
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -103,9 +104,9 @@ def ledger(claims: list[Claim], root: str | os.PathLike = ".") -> Table:
     return Table(LEDGER_COLUMNS, rows, sort_by=("order",))
 
 
-def verdict_counts(table: Table) -> dict[str, int]:
-    """How many claims got each verdict, in the order of :data:`VERDICTS` (zeros included)."""
-    counted = Counter(row["verdict"] for row in table.rows)
+def verdict_counts(rows: Iterable[Mapping[str, object]]) -> dict[str, int]:
+    """How many of the ledger's ``rows`` got each verdict, in the order of :data:`VERDICTS` (zeros included)."""
+    counted = Counter(row["verdict"] for row in rows)
     return {verdict: counted[verdict] for verdict in VERDICTS}
 
 

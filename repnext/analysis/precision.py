@@ -54,6 +54,12 @@ def _errors(reference: Tensor, other: Tensor) -> tuple[float, float, bool]:
     return rel_l2, compare_outputs(reference, other).max_rel, finite
 
 
+def _check_half_dtypes(dtypes: Sequence[str]) -> None:
+    for dtype in dtypes:
+        if dtype not in UNIT_ROUNDOFF:
+            raise ValueError(f"dtypes: {dtype!r} is not a half dtype; choose from {', '.join(UNIT_ROUNDOFF)}")
+
+
 def precision_errors(names: Sequence[str], dtypes: Sequence[str] = ("float16", "bfloat16"),
                      forms: Sequence[str] = FORMS, devices: Sequence[str] = ("cpu",), resolution: int = 224,
                      batch_size: int = 2, seed: int = 0) -> Table:  # fmt: skip
@@ -62,9 +68,7 @@ def precision_errors(names: Sequence[str], dtypes: Sequence[str] = ("float16", "
     Devices that are not present (``cuda`` without a GPU) are skipped; the float32 reference of each
     form runs on the same device as the half-precision copy.
     """
-    for dtype in dtypes:
-        if dtype not in UNIT_ROUNDOFF:
-            raise ValueError(f"dtypes: {dtype!r} is not a half dtype; choose from {', '.join(UNIT_ROUNDOFF)}")
+    _check_half_dtypes(dtypes)
     for form in forms:
         if form not in FORMS:
             raise ValueError(f"forms: unknown form {form!r}; choose from {', '.join(FORMS)}")
@@ -103,9 +107,7 @@ def mixed_precision_training(names: Sequence[str], dtypes: Sequence[str] = ("flo
     gradients and optimizer in float32, as mixed precision trains). One row per model and dtype (float32 included):
     first and last loss, ``max_loss_rel_diff = max_t |loss_t - loss32_t| / loss32_t`` over the steps, and whether
     every loss and gradient stayed finite. One thread, so that the bytes do not depend on the thread count."""
-    for dtype in dtypes:
-        if dtype not in UNIT_ROUNDOFF:
-            raise ValueError(f"dtypes: {dtype!r} is not a half dtype; choose from {', '.join(UNIT_ROUNDOFF)}")
+    _check_half_dtypes(dtypes)
     images = photo_inputs(steps * batch_size, resolution, seed)
     labels = torch.arange(steps * batch_size) % 8  # photo_inputs takes the classes in turn
     rows = []

@@ -24,7 +24,7 @@ def test_each_verdict_follows_from_its_rule():
     assert rows["T-02"]["detail"] == "1 of 3 rows fail passed == True: m_large single_branch (passed=false)"
     assert rows["T-03"]["detail"].startswith("the counts match to one decimal only (1 of 2 rows: m_small deploy")
     assert rows["T-04"]["detail"] == "needs an iPhone"
-    assert verdict_counts(table) == {"holds": 1, "holds with a qualification": 1, "does not hold here": 2,
+    assert verdict_counts(table.rows) == {"holds": 1, "holds with a qualification": 1, "does not hold here": 2,
                                      "not testable here": 1}  # fmt: skip
     assert [row["id"] for row in table.sorted_rows()] == [f"T-0{i}" for i in range(1, 6)]  # the file's order
 
